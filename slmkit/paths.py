@@ -1,0 +1,100 @@
+"""Where data lives and how we write files without ever losing what was already there."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from slmkit.errors import SlmkitError
+
+DATA_ENV = "SLMKIT_DATA"
+CACHE_ENV = "SLMKIT_CACHE"
+
+
+def data_dir(required: bool = True) -> Path | None:
+    """The local data root (setting SLMKIT_DATA); None when unset and not required."""
+    value = os.environ.get(DATA_ENV)
+    if not value:
+        if required:
+            raise SlmkitError(f"no data directory: set {DATA_ENV} to the folder holding benchmarks/, pretrain_corpus/, ...")
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise SlmkitError(f"{DATA_ENV}={value}: not a directory")
+    return path
+
+
+def data_path(*parts: str) -> Path:
+    """A path under the data root that must exist; the error names the path and the setting."""
+    path = data_dir().joinpath(*parts)
+    if not path.exists():
+        raise SlmkitError(f"missing data file {path} (set {DATA_ENV} to the folder that holds {'/'.join(parts)})")
+    return path
+
+
+def cache_dir() -> Path:
+    """Cache for pulled models and built artifacts (setting SLMKIT_CACHE, default ~/.cache/slmkit)."""
+    path = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "slmkit").expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write via a temp file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Build a directory under a temp name and swap it in at the end; on error the old one is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
