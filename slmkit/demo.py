@@ -1,0 +1,174 @@
+"""`slmkit demo`: the whole pipeline on the built-in synthetic corpus, on a laptop CPU, in minutes.
+
+Stages run in order and each adds to one report (runs/demo/report.json + report.md):
+tokenizer → train (WSD, AdamW→Muon at decay) → HF export checked with stock transformers →
+held-out exact match vs trivial baseline → later stages (GGUF/ONNX exports with parity, latency, eval)
+that plug in through STAGES. A stage whose optional dependency is missing is reported as skipped,
+never faked.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+
+from slmkit.paths import atomic_write_json, atomic_write_text
+
+console = Console(stderr=True)
+
+VOCAB_SIZE = 1024
+HELDOUT_N = 200
+
+
+def stage_tokenizer(ctx: dict) -> dict:
+    from slmkit.corpus.synthetic import training_texts
+    from slmkit.model.tokenizer import train_bpe
+
+    tok_dir = ctx["run_dir"] / "tokenizer"
+    tok = train_bpe(training_texts(5000 if ctx["quick"] else 20000, seed=0), VOCAB_SIZE, tok_dir)
+    ctx["tokenizer_dir"] = tok_dir
+    return {"tokenizer_dir": str(tok_dir), "vocab_size": len(tok)}
+
+
+def stage_train(ctx: dict) -> dict:
+    from slmkit.train.api import demo_config, train
+
+    config = demo_config(tokenizer_dir=ctx["tokenizer_dir"], quick=ctx["quick"])
+    result = train(config, ctx["run_dir"] / "train")
+    ctx["checkpoint"] = Path(result["checkpoint"])
+    return {k: v for k, v in result.items() if not isinstance(v, (list, dict)) or k in ("milestones",)}
+
+
+def stage_export_hf(ctx: dict) -> dict:
+    from slmkit.model.checkpoint import load_checkpoint
+    from slmkit.model.hf import export_hf
+    from slmkit.model.hf_parity import check_hf_parity
+
+    model, _ = load_checkpoint(ctx["checkpoint"])
+    hf_dir = export_hf(model, ctx["run_dir"] / "hf", ctx["checkpoint"])
+    ctx["hf_dir"] = hf_dir
+    return {"hf_dir": str(hf_dir), **check_hf_parity(model, hf_dir)}
+
+
+def stage_heldout(ctx: dict) -> dict:
+    """Answer held-out problems with *stock* transformers loading the exported folder (greedy)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from slmkit.corpus.synthetic import heldout_problems, score_exact_match, trivial_baseline
+
+    problems = heldout_problems(60 if ctx["quick"] else HELDOUT_N)
+    tok = AutoTokenizer.from_pretrained(str(ctx["hf_dir"]))
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(str(ctx["hf_dir"]), dtype=torch.float32).eval()
+    completions: list[str] = []
+    batch = 50
+    for i in range(0, len(problems), batch):
+        prompts = [p.prompt() for p in problems[i:i + batch]]
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=96, do_sample=False, pad_token_id=tok.pad_token_id,
+                                 eos_token_id=tok.eos_token_id)
+        completions += tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    scores = score_exact_match(problems, completions)
+    baseline = trivial_baseline(problems)
+    samples = [{"question": p.question, "answer": p.answer, "completion": c} for p, c in zip(problems, completions)]
+    with open(ctx["run_dir"] / "heldout_samples.jsonl", "w", encoding="utf-8") as f:
+        for s in samples:
+            f.write(json.dumps(s) + "\n")
+    return {"accuracy": scores["accuracy"], "n": scores["n"], "per_level": scores.get("per_level"),
+            "baseline_accuracy": baseline["accuracy"], "baseline_rule": baseline["best"]}
+
+
+# Later stages plug in here: (name, "module:function"); each takes ctx and returns a dict.
+PLUGIN_STAGES: list[tuple[str, str]] = [
+    ("export_gguf", "slmkit.export.demo:demo_gguf"),
+    ("export_onnx", "slmkit.export.demo:demo_onnx"),
+    ("latency", "slmkit.serve.demo:demo_latency"),
+    ("eval", "slmkit.evaluate.demo:demo_eval"),
+]
+CORE_STAGES: list[tuple[str, Callable[[dict], dict]]] = [
+    ("tokenizer", stage_tokenizer),
+    ("train", stage_train),
+    ("export_hf", stage_export_hf),
+    ("heldout", stage_heldout),
+]
+REQUIRED = {"tokenizer", "train", "export_hf", "heldout"}
+
+
+def _resolve(target: str) -> Callable[[dict], dict] | None:
+    module_name, func = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            return None
+        raise
+    return getattr(module, func, None)
+
+
+def run_demo(run_dir: Path, quick: bool = False, stages: list[str] | None = None) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ctx: dict[str, Any] = {"run_dir": run_dir, "quick": quick}
+    report: dict[str, Any] = {"stages": {}, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    t_start = time.time()
+    plan: list[tuple[str, Callable | None, str | None]] = [(n, f, None) for n, f in CORE_STAGES]
+    for name, target in PLUGIN_STAGES:
+        if stages is None or name in stages:
+            plan.append((name, _resolve(target), target))
+    ok = True
+    for name, func, target in plan:
+        if func is None:
+            report["stages"][name] = {"status": "skipped", "reason": f"{target} is not available in this install"}
+            continue
+        console.rule(f"[bold]demo: {name}")
+        t0 = time.time()
+        try:
+            result = func(ctx)
+            report["stages"][name] = {"status": "ok", "seconds": round(time.time() - t0, 1), **(result or {})}
+        except Exception as exc:  # noqa: BLE001 - a failed stage is reported, the demo says it failed
+            report["stages"][name] = {"status": "failed", "seconds": round(time.time() - t0, 1),
+                                      "error": f"{type(exc).__name__}: {exc}"}
+            console.print(f"[red]stage {name} failed: {exc}")
+            (run_dir / f"{name}.error.txt").write_text(traceback.format_exc())
+            ok = False
+            if name in REQUIRED:
+                break
+        atomic_write_json(run_dir / "report.json", report)
+    held = report["stages"].get("heldout", {})
+    report["summary"] = {
+        "ok": ok and held.get("status") == "ok" and held.get("accuracy", 0) > held.get("baseline_accuracy", 1),
+        "seconds": round(time.time() - t_start, 1),
+        "heldout_accuracy": held.get("accuracy"),
+        "baseline_accuracy": held.get("baseline_accuracy"),
+        "stages": {k: v["status"] for k, v in report["stages"].items()},
+        "run_dir": str(run_dir),
+    }
+    atomic_write_json(run_dir / "report.json", report)
+    atomic_write_text(run_dir / "report.md", render_markdown(report))
+    return report
+
+
+def render_markdown(report: dict) -> str:
+    s = report["summary"]
+    lines = ["# slmkit demo", "", f"Total time: {s['seconds']} s — {'OK' if s['ok'] else 'FAILED'}", ""]
+    if s.get("heldout_accuracy") is not None:
+        lines += [f"Held-out exact match: **{s['heldout_accuracy']:.1%}** "
+                  f"(trivial baseline {s['baseline_accuracy']:.1%})", ""]
+    lines += ["| stage | status | seconds | details |", "|---|---|---|---|"]
+    for name, st in report["stages"].items():
+        details = {k: v for k, v in st.items() if k not in ("status", "seconds") and not isinstance(v, (dict, list))}
+        text = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(details.items())[:6])
+        lines.append(f"| {name} | {st['status']} | {st.get('seconds', '')} | {text} |")
+    for name, st in report["stages"].items():
+        table = st.get("table_md")
+        if table:
+            lines += ["", f"## {name}", "", table]
+    return "\n".join(lines) + "\n"
