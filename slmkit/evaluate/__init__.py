@@ -1,0 +1,1 @@
+"""Evaluation: benchmarks, scorers and the sandbox that runs model-written code."""
