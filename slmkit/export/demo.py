@@ -26,7 +26,7 @@ def demo_gguf(ctx: dict) -> dict:
     ctx.setdefault("artifacts", {})
     for qtype in ("q8_0", "q4_k_m"):
         path = ctx["run_dir"] / "gguf" / f"demo-{qtype}.gguf"
-        result = export_gguf(ctx["checkpoint"], path, qtype=qtype)
+        result = export_gguf(ctx["checkpoint"], path, qtype=qtype, parity_batches=_in_domain_batches(ctx))
         parity = result.get("parity") or {}
         out[qtype] = {"bytes": result["bytes"], "max_rel_err": parity.get("max_rel_err"),
                       "top1_agreement": parity.get("top1_agreement"), "ppl_ratio": parity.get("ppl_ratio")}

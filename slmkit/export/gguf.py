@@ -591,9 +591,12 @@ def tokenizer_agreement(runtime, hf_tokenizer, texts) -> dict[str, Any]:
 
 def export_gguf(model_path: str | Path, out_path: str | Path, qtype: str = "f32", parity: bool = True,
                 bounds: dict | None = None, tokenizer_dir: str | Path | None = None,
-                tokenizer_pre: str | None = None, n_threads: int | None = None, model=None) -> dict[str, Any]:
+                tokenizer_pre: str | None = None, n_threads: int | None = None, model=None,
+                parity_batches: list[list[int]] | None = None) -> dict[str, Any]:
     """slmkit checkpoint / HF Llama folder → GGUF of `qtype`, checked against torch fp32 before it is kept.
 
+    parity_batches: token ids to gate on (default: generic held-out text; a small in-domain model is
+    near-uniform there, so pass in-domain text for it).
     The file is built under a temporary name and renamed into place only after the parity gate passes;
     the report goes to OUT.parity.json either way. Returns {"path", "type", "bytes", "parity"}.
     """
@@ -627,7 +630,8 @@ def export_gguf(model_path: str | Path, out_path: str | Path, qtype: str = "f32"
             from slmkit.serve.llamacpp_backend import LlamaCppRuntime
 
             hf_tok = load_tokenizer(tok_dir)
-            batches = heldout_token_batches(hf_tok, model.cfg.vocab_size, n_batches=4, seq_len=min(64, model.cfg.max_seq_len))
+            batches = parity_batches or heldout_token_batches(hf_tok, model.cfg.vocab_size, n_batches=4,
+                                                              seq_len=min(64, model.cfg.max_seq_len))
             n_ctx = max(len(b) for b in batches) + 8
             runtime = LlamaCppRuntime(stage, n_ctx=n_ctx, n_threads=n_threads, f32_kv=True, tokenizer=hf_tok)
             try:
