@@ -64,7 +64,8 @@ def load_tokenizer(folder: str | Path):
                 kwargs[key] = value
         if cfg.get("chat_template"):
             kwargs["chat_template"] = cfg["chat_template"]
-        for key in ("add_bos_token", "add_eos_token", "clean_up_tokenization_spaces", "model_max_length"):
+        for key in ("add_bos_token", "add_eos_token", "clean_up_tokenization_spaces", "model_max_length",
+                    "model_input_names"):
             if key in cfg:
                 kwargs[key] = cfg[key]
     template_file = folder / "chat_template.jinja"
@@ -86,6 +87,7 @@ def save_tokenizer(tokenizer, out_dir: str | Path) -> None:
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": int(min(getattr(tokenizer, "model_max_length", 1 << 30), 1 << 30)),
         "clean_up_tokenization_spaces": False,
+        "model_input_names": ["input_ids", "attention_mask"],  # no token_type_ids: HF generate/optimum reject them
     }
     for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
         value = getattr(tokenizer, key, None)

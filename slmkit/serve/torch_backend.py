@@ -1,0 +1,252 @@
+"""Native torch backend: any slmkit checkpoint or HF Llama folder through `load_any`.
+
+`logits` is the reference forward (parity gates compare against it). Generation prefills with the
+native model into a preallocated `KVCache`, then decodes with `FastDecoder`: the same weights fused
+(q|k|v, gate|up) and norm gains / residual / attention scales riding inside the fused kernels
+(rms_norm weight, addmm alpha, baddbmm alpha), so one token costs ~14 kernel launches per layer and no
+per-step mask or tensor building. At small-model sizes the
+per-step Python/dispatch overhead, not FLOPs, is what makes HF `generate` slow on CPU.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from slmkit.errors import SlmkitError
+from slmkit.model.transformer import KVCache, Transformer
+from slmkit.serve.base import Runtime, SamplingParams
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+class FastDecoder:
+    """Single-token decode (B = 1) over the model's own weights, with q|k|v and gate|up fused.
+
+    Norm gains ride in `F.rms_norm`, residual scales in `addmm(alpha=r)`, the attention scale in
+    `baddbmm(alpha=1/sqrt(hd))`, so only the two fused matrices are new. share=True re-points the model's
+    q/k/v and gate/up parameters to views of those fused buffers (same names, shapes and values; no
+    extra memory) — only for a model the runtime owns, since views sharing storage cannot be saved
+    with safetensors. share=False copies them (about 2/3 of the layer weights extra).
+    """
+
+    def __init__(self, model: Transformer, share: bool = False) -> None:
+        cfg = model.cfg
+        self.cfg, self.model = cfg, model
+        self.H, self.KV, self.hd, self.eps = cfg.n_heads, cfg.n_kv_heads, cfg.hd, cfg.norm_eps
+        self.layers = []
+        with torch.no_grad():
+            for block in model.layers:
+                att, mlp = block.self_attn, block.mlp
+                wqkv = torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight], 0).detach()
+                wgu = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight], 0).detach()
+                if share:
+                    _rebind([att.q_proj, att.k_proj, att.v_proj], wqkv)
+                    _rebind([mlp.gate_proj, mlp.up_proj], wgu)
+                self.layers.append((block.input_layernorm.weight.detach(), wqkv, att.o_proj.weight.detach().t(),
+                                    block.r_attn, block.post_attention_layernorm.weight.detach(), wgu,
+                                    mlp.down_proj.weight.detach().t(), block.r_ffn))
+        self.emb = model.embed_tokens.weight.detach()
+        self.out_w = model.output_weight.detach()
+        self.final_gain = model.norm.weight.detach()
+        self.zero = torch.zeros((), dtype=self.emb.dtype, device=self.emb.device)
+        self._tables(cfg.max_seq_len)
+
+    def _tables(self, n: int) -> None:
+        """cos and sign-folded sin per position: rope(x) = x*cos + roll(x, hd/2)*sin_signed."""
+        from slmkit.model.transformer import rope_cos_sin
+
+        device = self.emb.device
+        cos, sin = rope_cos_sin(torch.arange(n, device=device)[None], self.hd, self.cfg.rope_theta)
+        half = self.hd // 2
+        sign = torch.cat([-torch.ones(half, device=device), torch.ones(half, device=device)])
+        self.cos, self.sin = cos[0].to(self.emb.dtype), (sin[0] * sign).to(self.emb.dtype)
+
+    def step(self, token: int | torch.Tensor, pos: int, cache: KVCache) -> torch.Tensor:
+        """Logits [vocab] for `token` at position `pos`; writes its K/V into `cache` (cache.length = pos + 1).
+
+        Weights are detached, so no autograd graph is built even outside no_grad/inference_mode.
+        """
+        if pos >= self.cos.shape[0]:
+            self._tables(max(pos + 1, 2 * self.cos.shape[0]))
+        H, KV, hd, d, eps = self.H, self.KV, self.hd, self.cfg.d_model, self.eps
+        half, nqk, scale = hd // 2, (H + KV) * hd, 1.0 / hd ** 0.5
+        tok = token.view(1) if isinstance(token, torch.Tensor) else torch.tensor([token], device=self.emb.device)
+        x = F.embedding(tok, self.emb)
+        if self.cfg.scale_emb != 1.0:
+            x = x * self.cfg.scale_emb
+        cos, sin = self.cos[pos], self.sin[pos]
+        L = pos + 1
+        for i, (g1, wqkv, wo_t, r_attn, g2, wgu, wd_t, r_ffn) in enumerate(self.layers):
+            qkv = F.linear(F.rms_norm(x, (d,), g1, eps), wqkv)
+            qk = qkv[0, :nqk].view(H + KV, hd)
+            qk = torch.addcmul(qk * cos, torch.roll(qk, half, -1), sin)  # RoPE on q and k at once
+            kc, vc = cache.k[i][0], cache.v[i][0]  # [KV, max_len, hd]
+            kc[:, pos] = qk[H:]
+            vc[:, pos] = qkv[0, nqk:].view(KV, hd)
+            q = qk[:H].view(KV, H // KV, hd)  # GQA: query heads grouped under their KV head
+            att = torch.softmax(torch.baddbmm(self.zero, q, kc[:, :L].transpose(1, 2), beta=0, alpha=scale), -1)
+            y = torch.bmm(att, vc[:, :L]).view(1, H * hd)
+            x = torch.addmm(x, y, wo_t, alpha=r_attn)
+            gate, up = F.linear(F.rms_norm(x, (d,), g2, eps), wgu).chunk(2, -1)
+            x = torch.addmm(x, F.silu(gate).mul_(up), wd_t, alpha=r_ffn)
+        cache.length = L
+        logits = F.linear(F.rms_norm(x, (d,), self.final_gain, eps), self.out_w)[0]
+        return logits if self.cfg.logit_scale == 1.0 else logits * self.cfg.logit_scale
+
+
+def _rebind(linears, fused: torch.Tensor) -> None:
+    """Make each Linear's weight a row-slice view of `fused` (values unchanged)."""
+    start = 0
+    for lin in linears:
+        rows = lin.weight.shape[0]
+        lin.weight.data = fused[start:start + rows]
+        start += rows
+
+
+class TorchRuntime(Runtime):
+    """Native model runtime.
+
+    compile=True wraps the decode step in torch.compile (experimental: on CPU the 30-layer step compiled for
+    over 4 minutes without finishing in our check, so it is off by default). `threads` sets torch's
+    process-wide intra-op threads. For the fastest CPU decode, export ONNX --int8 (see benchmarks/decode_speed.py).
+    """
+
+    name = "torch"
+
+    def __init__(self, path: str | Path | None = None, device: str = "cpu", dtype=torch.float32,
+                 compile: bool = False, threads: int | None = None,
+                 model: Transformer | None = None, tokenizer=None) -> None:
+        if isinstance(dtype, str):
+            if dtype not in DTYPES:
+                raise SlmkitError(f"torch backend: dtype '{dtype}' unknown (known: {', '.join(DTYPES)})")
+            dtype = DTYPES[dtype]
+        owns_model = model is None
+        if model is None:
+            if path is None:
+                raise SlmkitError("torch backend: give a model path")
+            from slmkit.model.hf import load_any
+
+            model = load_any(path)
+        self.path = Path(path) if path is not None else None
+        self.device = torch.device(device)
+        self.model = model.to(self.device, dtype).eval()
+        self.cfg = model.cfg
+        self.tokenizer = tokenizer
+        if tokenizer is None and self.path is not None and (
+                (self.path / "tokenizer.json").exists() or (self.path / "tokenizer.json.gz").exists()):
+            from slmkit.model.tokenizer import load_tokenizer
+
+            self.tokenizer = load_tokenizer(self.path)
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.decoder = FastDecoder(self.model, share=owns_model)
+        self._step = self.decoder.step
+        # dynamo cannot trace under inference_mode here (internal assert), so compiled decode runs under no_grad
+        self._mode = torch.no_grad if compile else torch.inference_mode
+        if compile:
+            self._step = torch.compile(self.decoder.step, dynamic=True)
+
+    @classmethod
+    def from_model(cls, model: Transformer, tokenizer=None, **kw) -> "TorchRuntime":
+        """Wrap an in-memory model (tests, benchmarks, training-time evaluation)."""
+        return cls(None, model=model, tokenizer=tokenizer, **kw)
+
+    # ---- Runtime interface ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        if len(token_ids) == 0:
+            raise SlmkitError(f"{self.path}: logits() needs at least one token id")
+        ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
+        return self.model(ids)[0].float().cpu().numpy()
+
+    def generate_ids(self, prompt_ids: Sequence[int], params: SamplingParams) -> Iterator[int]:
+        ids = [int(t) for t in prompt_ids] or [self._start_id()]
+        budget = min(params.max_new_tokens, self.cfg.max_seq_len - len(ids))
+        if budget <= 0:
+            return
+        cache = KVCache(self.cfg, 1, len(ids) + budget, device=self.device, dtype=self.decoder.emb.dtype)
+        with self._mode():
+            logits = self.model(torch.tensor([ids], device=self.device), cache=cache)[0, -1]
+        eos = self.eos_ids
+        rng = np.random.default_rng(params.seed)
+        greedy = params.temperature is None or params.temperature <= 0
+        pos = len(ids)
+        for i in range(budget):
+            if greedy:
+                nxt_t = torch.argmax(logits)
+                nxt = int(nxt_t)
+            else:
+                from slmkit.serve.onnx_backend import sample_token
+
+                nxt = sample_token(logits.float().cpu().numpy(), params, rng)
+                nxt_t = torch.tensor(nxt, device=self.device)
+            yield nxt
+            if nxt in eos or i + 1 == budget:
+                return
+            with self._mode():
+                logits = self._step(nxt_t, pos, cache)
+            pos += 1
+
+    @torch.inference_mode()
+    def loglikelihood(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+                      batch_size: int = 16) -> list[tuple[float, bool]]:
+        """Each distinct context runs once into a KV cache; its continuations run batched on copies of it."""
+        from slmkit.serve.onnx_backend import score_rows
+
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, (ctx, cont) in enumerate(requests):
+            if not cont:
+                results[i] = (0.0, True)
+            else:
+                groups[tuple(int(t) for t in ctx) or (self._start_id(),)].append(i)
+        for ctx, idxs in groups.items():
+            longest = max(len(requests[i][1]) for i in idxs)
+            cache = KVCache(self.cfg, 1, len(ctx) + longest, device=self.device, dtype=self.decoder.emb.dtype)
+            last = self.model(torch.tensor([ctx], device=self.device), cache=cache)[0, -1:].float()
+            for start in range(0, len(idxs), batch_size):
+                chunk = idxs[start:start + batch_size]
+                conts = [[int(t) for t in requests[i][1]] for i in chunk]
+                rows = self._continuation_logits(cache, len(ctx), conts, last)
+                for i, cont, lg in zip(chunk, conts, rows):
+                    results[i] = score_rows(lg, cont)
+        return results  # type: ignore[return-value]
+
+    def _continuation_logits(self, ctx_cache: KVCache, ctx_len: int, conts: list[list[int]], last):
+        width = max(len(c) for c in conts) - 1
+        if width == 0:
+            return [last.cpu().numpy() for _ in conts]
+        B = len(conts)
+        ctx_cache.crop(ctx_len)
+        cache = KVCache(self.cfg, B, ctx_len + width, device=self.device, dtype=self.decoder.emb.dtype)
+        for layer in range(self.cfg.n_layers):
+            cache.k[layer][:, :, :ctx_len] = ctx_cache.k[layer][:, :, :ctx_len]
+            cache.v[layer][:, :, :ctx_len] = ctx_cache.v[layer][:, :, :ctx_len]
+        cache.length = ctx_len
+        ids = torch.zeros((B, width), dtype=torch.long, device=self.device)
+        for b, c in enumerate(conts):  # right padding: causal attention keeps real rows exact
+            ids[b, :len(c) - 1] = torch.tensor(c[:-1])
+        out = self.model(ids, cache=cache).float()
+        return [torch.cat([last, out[b, :len(c) - 1]], 0).cpu().numpy() for b, c in enumerate(conts)]
+
+    def _start_id(self) -> int:
+        tok = self.tokenizer
+        for t in (getattr(tok, "bos_token_id", None), getattr(tok, "eos_token_id", None), self.cfg.bos_token_id,
+                  self.cfg.eos_token_id):
+            if t is not None:
+                return int(t)
+        return 0
+
+    @property
+    def eos_ids(self) -> set[int]:
+        ids = super().eos_ids if self.tokenizer is not None else set()
+        if self.cfg.eos_token_id is not None:
+            ids.add(int(self.cfg.eos_token_id))
+        return ids

@@ -1,0 +1,93 @@
+"""TorchRuntime: fast decode == native forward, greedy == Transformer.generate, loglikelihood fast == naive."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from slmkit.errors import SlmkitError
+from slmkit.model.checkpoint import save_checkpoint
+from slmkit.model.config import ModelConfig
+from slmkit.model.transformer import KVCache, Transformer
+from slmkit.serve.base import Runtime, SamplingParams
+from slmkit.serve.torch_backend import TorchRuntime
+
+ODD = dict(vocab_size=1000, d_model=96, n_heads=6, n_kv_heads=2, n_layers=3, d_ff=200, max_seq_len=96,
+           scale_emb=7.0, scale_depth=1.3, dim_model_base=32, rope_theta=5000.0, scale_output=1.7)
+
+
+def random_model(seed=0, **fields) -> Transformer:
+    torch.manual_seed(seed)
+    model = Transformer(ModelConfig(**fields)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.mark.parametrize("fields", [ODD, dict(vocab_size=300, d_model=64, n_heads=4, n_kv_heads=4, n_layers=2,
+                                               d_ff=96, tie_embeddings=False, head_dim=24, scale_depth_attn=0.5)])
+def test_fast_decode_step_matches_native_forward(fields):
+    model = random_model(0, **fields)
+    rt = TorchRuntime.from_model(model)
+    ids = np.random.default_rng(1).integers(0, fields["vocab_size"], 30).tolist()
+    full = rt.logits(ids)
+    cache = KVCache(model.cfg, 1, 40)
+    with torch.no_grad():
+        model(torch.tensor([ids[:12]]), cache=cache)
+    rows = np.stack([rt.decoder.step(t, p, cache).numpy() for p, t in enumerate(ids[12:], start=12)])
+    assert np.abs(rows - full[12:]).max() / np.abs(full).max() < 1e-5
+
+
+def test_generate_ids_greedy_sampling_and_budget():
+    model = random_model(0, **ODD)
+    rt = TorchRuntime.from_model(model)
+    prompt = [5, 17, 99, 3]
+    assert list(rt.generate_ids(prompt, SamplingParams(max_new_tokens=30))) == list(model.generate(prompt, 30))
+    p = SamplingParams(max_new_tokens=15, temperature=1.0, top_k=20, top_p=0.8, seed=3)
+    a, b = list(rt.generate_ids(prompt, p)), list(rt.generate_ids(prompt, p))
+    assert a == b and len(a) == 15
+    assert a != list(rt.generate_ids(prompt, SamplingParams(max_new_tokens=15, temperature=1.0, seed=4)))
+    top1 = SamplingParams(max_new_tokens=10, temperature=0.7, top_k=1, seed=9)
+    assert list(rt.generate_ids(prompt, top1)) == list(rt.generate_ids(prompt, SamplingParams(max_new_tokens=10)))
+    # never past max_seq_len (96): 90-token prompt leaves 6
+    assert len(list(rt.generate_ids(list(range(90)), SamplingParams(max_new_tokens=50)))) == 6
+    seq = list(model.generate(prompt, 10))
+    model.cfg.eos_token_id = seq[-1]  # generation stops at (and includes) its first occurrence
+    out = list(TorchRuntime.from_model(model).generate_ids(prompt, SamplingParams(max_new_tokens=30)))
+    assert out == seq[: seq.index(seq[-1]) + 1]
+
+
+def test_loglikelihood_fast_path_equals_naive():
+    rt = TorchRuntime.from_model(random_model(2, **ODD))
+    ctx_a, ctx_b = [1, 2, 3, 4, 5, 6, 7], [9, 8]
+    reqs = [(ctx_a, [10, 11, 12]), (ctx_b, [1]), (ctx_a, [13]), (ctx_a, [14, 15, 16, 17, 18, 19]),
+            (ctx_b, [5, 5]), (ctx_a, [10, 11, 12])]
+    fast = rt.loglikelihood(reqs, batch_size=2)
+    naive = Runtime.loglikelihood(rt, reqs)
+    for (f, fg), (n, ng) in zip(fast, naive):
+        assert f == pytest.approx(n, rel=1e-5, abs=1e-5) and fg == ng
+    # a continuation that is the greedy one is flagged as such
+    greedy = list(rt.generate_ids(ctx_a, SamplingParams(max_new_tokens=3)))
+    assert rt.loglikelihood([(ctx_a, greedy)])[0][1] is True
+
+
+def test_load_checkpoint_path_with_tokenizer(tmp_path, tiny_tokenizer_dir):
+    from slmkit.serve import load
+
+    save_checkpoint(tmp_path / "ck", random_model(0, **ODD), tokenizer_dir=tiny_tokenizer_dir)
+    rt = load(tmp_path / "ck")
+    assert isinstance(rt, TorchRuntime) and rt.tokenizer is not None
+    # a runtime that owns its model shares the fused q|k|v buffer instead of copying it
+    q = rt.model.layers[0].self_attn.q_proj.weight
+    assert q.untyped_storage().data_ptr() == rt.decoder.layers[0][1].untyped_storage().data_ptr()
+    assert list(rt.generate_ids([1, 2, 3], SamplingParams(max_new_tokens=12))) == list(rt.model.generate([1, 2, 3], 12))
+    text = rt.complete("1 + 1 =", SamplingParams(max_new_tokens=8))
+    assert isinstance(text, str)
+    assert len(rt.score("1 + 1 =", " 2")) >= 1
+    with pytest.raises(SlmkitError):
+        TorchRuntime(tmp_path / "missing")
+    with pytest.raises(SlmkitError, match="dtype"):
+        TorchRuntime(tmp_path / "ck", dtype="float8")
