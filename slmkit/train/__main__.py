@@ -1,0 +1,5 @@
+import sys
+
+from slmkit.train.cli import main
+
+sys.exit(main())

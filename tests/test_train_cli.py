@@ -1,0 +1,71 @@
+"""CLI wiring (`add_commands`), `data prepare`, µP coord-check behaviour, repro smoke."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from slmkit.train.cli import add_commands, main
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_add_commands_registers_handlers():
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    add_commands(sub)
+    args = parser.parse_args(["train", "x.yaml", "--resume", "--set", "train.steps=5", "--set", "seed=1"])
+    assert args.resume == "latest" and args.set == ["train.steps=5", "seed=1"] and callable(args.func)
+    args = parser.parse_args(["train", "x.yaml", "--resume", "runs/a/checkpoints/stable-end"])
+    assert args.resume.endswith("stable-end")
+    for argv in (["data", "prepare", "--out", "o"], ["mup", "coord-check"], ["mup", "sweep"], ["repro", "fp8"]):
+        assert callable(parser.parse_args(argv).func)
+
+
+def test_train_cli_bad_config_is_one_line_error(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train: {precision: fp16}\n")
+    assert main(["train", str(cfg), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "train.precision" in err and "\n" not in err
+
+
+def test_data_prepare_cli(tmp_path, capsys):
+    from slmkit.train.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer(tmp_path / "tok")
+    rc = main(["data", "prepare", "--tokenizer", str(tok), "--out", str(tmp_path / "d"),
+               "--source", "syn=synthetic:20", "--source", "math=$SLMKIT_DATA/pretrain_corpus/math_*.jsonl.gz",
+               "--max-docs", "4"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["sources"]["syn"]["docs"] == 20 and out["sources"]["math"]["docs"] == 4
+    manifest = json.loads((tmp_path / "d/manifest.json").read_text())
+    assert manifest["dtype"] == "uint16" and (tmp_path / "d/math/00000.bin").exists()
+
+
+def test_coord_check_mup_flatter_than_sp(tmp_path):
+    from slmkit.train.mup_tools import coord_check
+
+    res = coord_check(tmp_path, widths=(32, 128), steps=2, batch_size=4, seq_len=32)
+    assert (tmp_path / "coord_check.png").exists() and (tmp_path / "coord_check.json").exists()
+    mup, sp = res["summary"]["mup"], res["summary"]["sp"]
+    for layer in ("layer0", "layer3"):  # hidden activations: SP grows with width, µP stays put
+        assert sp[layer] > 2.0 and 0.5 < mup[layer] < 2.0, (mup, sp)
+
+
+@pytest.mark.slow
+def test_repro_quick_all(tmp_path):
+    assert main(["repro", "all", "--quick", "--out", str(tmp_path)]) == 0
+    for name in ("wsd-vs-cosine", "muon-decay", "fp8", "mup-transfer"):
+        assert (tmp_path / name / "results.md").exists()
+    assert (tmp_path / "fp8/loss.png").exists() and (tmp_path / "mup-transfer/sweep.png").exists()
