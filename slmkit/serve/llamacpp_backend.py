@@ -103,6 +103,8 @@ class LlamaCppRuntime(Runtime):
         if f32_kv:
             kw.setdefault("type_k", GGML_TYPE_F32)
             kw.setdefault("type_v", GGML_TYPE_F32)
+        if n_threads:
+            kw.setdefault("n_threads_batch", n_threads)  # else prefill uses every core regardless of n_threads
         try:
             if extra_bufts is None:
                 extra_bufts = extra_bufts_default()
