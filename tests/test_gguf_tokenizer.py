@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
+from benchdata import benchmark_strings as _benchmark_strings
 import torch
 
 llama_cpp = pytest.importorskip("llama_cpp")
@@ -32,34 +33,7 @@ BENCH_FILES = ["gsm8k/test.jsonl", "arc_easy/test.jsonl", "mbpp/mbpp.jsonl", "hu
 
 
 def benchmark_strings(per_file: int = 700) -> list[str]:
-    """Every non-empty string field of the first records of several benchmark files (math, code, prose)."""
-    out: list[str] = []
-    for rel in BENCH_FILES:
-        path = DATA / "benchmarks" / rel
-        if not path.exists():
-            continue
-        found: list[str] = []
-
-        def walk(obj):
-            if isinstance(obj, str):
-                if obj.strip():
-                    found.append(obj)
-            elif isinstance(obj, dict):
-                for v in obj.values():
-                    walk(v)
-            elif isinstance(obj, list):
-                for v in obj:
-                    walk(v)
-
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
-            for line in f:
-                walk(json.loads(line))
-                if len(found) >= per_file:
-                    break
-        out += found[:per_file]
-    if len(out) < 1000:
-        pytest.skip(f"benchmark data not found under {DATA}/benchmarks")
-    return out
+    return _benchmark_strings(DATA, BENCH_FILES, per_file, min_total=1000 if per_file == 700 else 100)
 
 
 def tiny_model(vocab: int) -> Transformer:

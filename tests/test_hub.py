@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from benchdata import benchmark_strings as _benchmark_strings
 
 pytest.importorskip("gguf")
 
@@ -31,33 +32,7 @@ def pulled():
 
 
 def benchmark_strings(per_file: int = 1200) -> list[str]:
-    out: list[str] = []
-    for rel in BENCH_FILES:
-        path = DATA / "benchmarks" / rel
-        if not path.exists():
-            continue
-        found: list[str] = []
-
-        def walk(obj):
-            if isinstance(obj, str):
-                if obj.strip():
-                    found.append(obj)
-            elif isinstance(obj, dict):
-                for v in obj.values():
-                    walk(v)
-            elif isinstance(obj, list):
-                for v in obj:
-                    walk(v)
-
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
-            for line in f:
-                walk(json.loads(line))
-                if len(found) >= per_file:
-                    break
-        out += found[:per_file]
-    if len(out) < 3000:
-        pytest.skip(f"benchmark data not found under {DATA}/benchmarks")
-    return out
+    return _benchmark_strings(DATA, BENCH_FILES, per_file, min_total=3000 if per_file == 1200 else 100)
 
 
 def reference_tokenizer(digits: bool = True):
