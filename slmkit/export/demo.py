@@ -20,7 +20,6 @@ def _in_domain_batches(ctx: dict, n: int = 4, seq_len: int = 96) -> list[list[in
 
 def demo_gguf(ctx: dict) -> dict:
     from slmkit.export.gguf import export_gguf
-    from slmkit.export.parity import run_parity  # noqa: F401 - the gate used inside export_gguf
 
     out: dict = {}
     ctx.setdefault("artifacts", {})

@@ -12,7 +12,6 @@ style µP configs (multipliers applied in forward, weights unfolded) into the na
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
