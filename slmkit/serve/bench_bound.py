@@ -160,7 +160,8 @@ def _onnx_info(path: Path) -> ArtifactInfo:
     n_heads = int(cfg.get("num_attention_heads") or 1)
     n_kv = int(cfg.get("num_key_value_heads") or n_heads)
     head_dim = int(cfg.get("head_dim") or (int(cfg.get("hidden_size", 0)) // n_heads))
-    int8 = bool(meta.get("int8")) or any(i.data_type == onnx.TensorProto.INT8 for i in graph.initializer)
+    int8 = bool(meta.get("int8") or meta.get("quantization")) or any(
+        i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) for i in graph.initializer)
     return ArtifactInfo(str(folder), "onnx", "int8" if int8 else "fp32", path_bytes(folder), per_token,
                         n_layers, n_kv, head_dim, 4)
 
