@@ -1,0 +1,261 @@
+"""slmkit backends as lm-eval models (registered in lm_eval.api.registry).
+
+  slmkit-hf    native torch model on an HF folder or slmkit checkpoint: prefix-KV-reuse scoring, batched
+               greedy generation (fastscore.py)
+  slmkit-gguf  llama.cpp in-process through slmkit.serve (log-likelihood from the runtime's logits)
+  slmkit-onnx  onnxruntime through slmkit.serve
+Tokenisation, context/continuation splitting, truncation and stop handling follow lm-eval's `hf`
+model (TemplateLM._encode_pair, lm_eval.models.utils), so the same requests give the same scores;
+lm-eval's own `hf` and `vllm` stay available as reference backends.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tqdm import tqdm
+
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+
+from slmkit.errors import SlmkitError
+
+DEFAULT_MAX_GEN_TOKS = 256  # lm-eval hf default
+
+
+class SlmkitLM(TemplateLM):
+    """Shared lm-eval plumbing; subclasses provide `_score(pairs)` and `_generate(prompts, max_new, stop)`."""
+
+    backend = "causal"
+    backend_name = "base"
+    chunk = 1024  # requests per scoring call (resumability granularity)
+
+    def __init__(self, tokenizer, max_length: int, batch_size: int = 8, path: str | Path | None = None) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self._max_length = int(max_length)
+        self.batch_size = max(1, int(batch_size or 8))
+        self.path = Path(path) if path else None
+
+    # ---- tokenisation (as lm-eval's hf model) ---------------------------------------------------
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        return bos if bos is not None else self.tokenizer.eos_token_id
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def tokenizer_name(self) -> str:
+        return getattr(self.tokenizer, "name_or_path", "slmkit").replace("/", "__")
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        kw = {} if add_special_tokens is None else {"add_special_tokens": add_special_tokens}
+        if add_special_tokens is None:
+            bos = self.tokenizer.decode([self.prefix_token_id])
+            if bos and string.startswith(bos):
+                kw["add_special_tokens"] = False
+        return list(self.tokenizer.encode(string, **kw))
+
+    def tok_decode(self, tokens, skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(self, chat_history, add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(chat_history, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    # ---- lm-eval API ------------------------------------------------------------------------------
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
+        """Scored in context order, in chunks whose results go to lm-eval's request cache as they finish."""
+        order = sorted(range(len(requests)), key=lambda i: (requests[i][1], requests[i][2]))
+        out: list[tuple[float, bool] | None] = [None] * len(requests)
+        bar = tqdm(total=len(requests), desc=f"loglikelihood ({self.backend_name})", disable=disable_tqdm)
+        for start in range(0, len(order), self.chunk):
+            idx = order[start:start + self.chunk]
+            scores = self._score([(requests[i][1], requests[i][2]) for i in idx], bar.update)
+            for i, res in zip(idx, scores):
+                out[i] = res
+                if requests[i][0] is not None:
+                    self.cache_hook.add_partial("loglikelihood", requests[i][0], res)
+        bar.close()
+        return out
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        raise SlmkitError(f"loglikelihood_rolling (perplexity tasks) is not supported by the {self.backend_name} backend")
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        eos = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
+        jobs = []
+        for i, req in enumerate(requests):
+            context, gen_kwargs = req.args
+            kwargs = normalize_gen_kwargs(dict(gen_kwargs), DEFAULT_MAX_GEN_TOKS)
+            if kwargs.get("do_sample"):
+                raise SlmkitError(f"{self.backend_name} backend: sampled generation (do_sample) is not supported; tasks here are greedy")
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
+            max_gen = int(kwargs.pop("max_gen_toks"))
+            max_ctx = self.max_length - max_gen if max_gen < self.max_length else self.max_length
+            ids = self.tok_encode(context)[-max_ctx:]
+            jobs.append((i, ids, until, max_gen, context, gen_kwargs))
+        jobs.sort(key=lambda j: (-len(j[1]), j[3]))
+        results: list[str | None] = [None] * len(jobs)
+        bar = tqdm(total=len(jobs), desc=f"generate_until ({self.backend_name})", disable=disable_tqdm)
+        for start in range(0, len(jobs), self.batch_size):
+            chunk = jobs[start:start + self.batch_size]
+            max_gen = max(j[3] for j in chunk)
+            outs = self._generate([j[1] for j in chunk], max_gen, [j[2] for j in chunk])
+            for job, toks in zip(chunk, outs):
+                text = postprocess_generated_text(self.tok_decode(toks[:job[3]]), job[2], None)
+                results[job[0]] = text
+                self.cache_hook.add_partial("generate_until", (job[4], job[5]), text)
+            bar.update(len(chunk))
+        bar.close()
+        return results  # type: ignore[return-value]
+
+    def _stop_checker(self, stops: list[list[str]]):
+        """done(row, ids): a stop string has appeared in the decoded continuation."""
+        tails = [max((len(s) for s in row), default=0) + 4 for row in stops]
+
+        def done(row: int, ids: list[int]) -> bool:  # a new stop string ends in the newest token: decode the tail
+            text = self.tok_decode(ids[-tails[row]:])
+            return any(s and s in text for s in stops[row])
+        return done
+
+    # ---- to implement -----------------------------------------------------------------------------
+    def _score(self, pairs, progress) -> list[tuple[float, bool]]:
+        raise NotImplementedError
+
+    def _generate(self, prompts: list[list[int]], max_new: int, stops: list[list[str]]) -> list[list[int]]:
+        raise NotImplementedError
+
+    def get_model_info(self) -> dict:
+        return {"slmkit_backend": self.backend_name, "model_path": str(self.path) if self.path else None}
+
+
+@register_model("slmkit-hf")
+class NativeLM(SlmkitLM):
+    """The native µP torch model (fp32 on CPU) with prefix-KV-reuse scoring."""
+
+    backend_name = "hf"
+
+    def __init__(self, pretrained: str, batch_size: int | str = 8, max_length: int | None = None,
+                 threads: int | None = None, **kwargs) -> None:
+        import torch
+
+        from slmkit.model.hf import load_any
+        from slmkit.model.tokenizer import load_tokenizer
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.model = load_any(pretrained).eval()
+        tokenizer = load_tokenizer(pretrained)
+        bs = 8 if batch_size in (None, "auto") else int(batch_size)
+        super().__init__(tokenizer, int(max_length or self.model.cfg.max_seq_len), bs, pretrained)
+
+    def _score(self, pairs, progress):
+        from slmkit.evaluate.fastscore import loglikelihood
+
+        return loglikelihood(self.model, pairs, self.max_length, progress)
+
+    def _generate(self, prompts, max_new, stops):
+        """Greedy, one prompt at a time on TorchRuntime's fused single-token decoder (the fast CPU path);
+        padded batches (fastscore.generate_greedy) need masked attention, which is slower on CPU."""
+        from slmkit.serve.base import SamplingParams
+
+        runtime = self._runtime()
+        done = self._stop_checker(stops)
+        outs = []
+        for row, ids in enumerate(prompts):
+            toks: list[int] = []
+            for t in runtime.generate_ids(ids, SamplingParams(max_new_tokens=max_new, temperature=0.0)):
+                toks.append(int(t))
+                if t == self.eot_token_id or done(row, toks):
+                    break
+            outs.append(toks)
+        return outs
+
+    def _runtime(self):
+        if getattr(self, "_rt", None) is None:
+            from slmkit.serve.torch_backend import TorchRuntime
+
+            self._rt = TorchRuntime.from_model(self.model, tokenizer=self.tokenizer)
+        return self._rt
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        from lm_eval.utils import simple_parse_args_string
+
+        args = simple_parse_args_string(arg_string)
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k == "batch_size"}
+        return cls(**args, **extra)
+
+
+class RuntimeLM(SlmkitLM):
+    """Any slmkit.serve runtime: scoring through `Runtime.loglikelihood`, generation one prompt at a time."""
+
+    serve_backend = ""
+
+    def __init__(self, pretrained: str, batch_size: int | str = 1, max_length: int | None = None, **options) -> None:
+        from slmkit import serve
+
+        self.runtime = serve.load(pretrained, backend=self.serve_backend, **options)
+        tok = self.runtime.tokenizer
+        if tok is None:
+            raise SlmkitError(f"{pretrained}: the {self.serve_backend} runtime exposes no tokenizer")
+        window = getattr(self.runtime, "n_ctx", None) or getattr(self.runtime, "max_seq_len", None)
+        limit = max_length or (window - 1 if window else None) or 2048  # the runtime holds ctx+cont: max_length+1
+        bs = 1 if batch_size in (None, "auto") else int(batch_size)
+        super().__init__(tok, int(limit), bs, pretrained)
+
+    def _score(self, pairs, progress):
+        out = []
+        step = 64
+        keep = self.max_length + 1  # as lm-eval's hf model: the last max_length+1 tokens of ctx+cont
+        for i in range(0, len(pairs), step):
+            chunk = [(list(c)[max(0, len(c) + len(t) - keep):], list(t)) for c, t in pairs[i:i + step]]
+            out.extend((float(lp), bool(g)) for lp, g in self.runtime.loglikelihood(chunk))
+            progress(len(chunk))
+        return out
+
+    def _generate(self, prompts, max_new, stops):
+        from slmkit.serve.base import SamplingParams
+
+        done = self._stop_checker(stops)
+        outs = []
+        for row, ids in enumerate(prompts):
+            toks: list[int] = []
+            for t in self.runtime.generate_ids(ids, SamplingParams(max_new_tokens=max_new, temperature=0.0)):
+                toks.append(int(t))
+                if t == self.eot_token_id or done(row, toks):
+                    break
+            outs.append(toks)
+        return outs
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls(**simple_parse_args_string(arg_string))
+
+    def get_model_info(self) -> dict:
+        return {"slmkit_backend": self.backend_name, "model_path": str(self.path)}
+
+
+@register_model("slmkit-gguf")
+class GgufLM(RuntimeLM):
+    backend_name = "gguf"
+    serve_backend = "llama.cpp"
+
+
+@register_model("slmkit-onnx")
+class OnnxLM(RuntimeLM):
+    backend_name = "onnx"
+    serve_backend = "onnxruntime"
+
+
+BACKEND_MODELS = {"hf": "slmkit-hf", "gguf": "slmkit-gguf", "onnx": "slmkit-onnx", "vllm": "vllm", "hf-stock": "hf"}
