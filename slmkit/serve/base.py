@@ -137,6 +137,50 @@ class Runtime:
         self.close()
 
 
+def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
+    """Greedy when temperature <= 0, else temperature / top-k / top-p sampling from one logits row."""
+    if params.temperature is None or params.temperature <= 0:
+        return int(np.argmax(logits))
+    x = np.asarray(logits, dtype=np.float64) / params.temperature
+    if params.top_k and 0 < params.top_k < x.size:
+        kth = np.partition(x, -params.top_k)[-params.top_k]
+        x = np.where(x < kth, -np.inf, x)
+    p = np.exp(x - x.max())
+    p /= p.sum()
+    if params.top_p is not None and params.top_p < 1.0:
+        order = np.argsort(-p, kind="stable")
+        sorted_p = p[order]
+        keep = (np.cumsum(sorted_p) - sorted_p) < params.top_p  # the smallest prefix reaching top_p
+        p = np.zeros_like(p)
+        p[order[keep]] = sorted_p[keep]
+        p /= p.sum()
+    cdf = np.cumsum(p)
+    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), p.size - 1))
+
+
+def group_by_context(requests, start_id: int) -> tuple[list, dict[tuple[int, ...], list[int]]]:
+    """Loglikelihood requests grouped by context (empty continuations pre-scored as (0.0, True)),
+    so a backend runs each distinct context once and its continuations on top of its KV cache."""
+    from collections import defaultdict
+
+    results: list = [None] * len(requests)
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, (ctx, cont) in enumerate(requests):
+        if not cont:
+            results[i] = (0.0, True)
+        else:
+            groups[tuple(int(t) for t in ctx) or (start_id,)].append(i)
+    return results, groups
+
+
+def score_rows(logits: np.ndarray, cont: Sequence[int]) -> tuple[float, bool]:
+    """(sum of log p(cont[i]) under logits[i], every cont token is the argmax)."""
+    logp = log_softmax(np.asarray(logits))
+    idx = np.arange(len(cont))
+    cont_arr = np.asarray(cont, dtype=np.int64)
+    return float(logp[idx, cont_arr].sum()), bool((np.argmax(logits, -1) == cont_arr).all())
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     x = logits.astype(np.float64)
     x = x - x.max(-1, keepdims=True)

@@ -8,37 +8,15 @@ context once and reuses its KV for every continuation. No torch import: this bac
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
 from slmkit.errors import SlmkitError
-from slmkit.serve.base import Runtime, SamplingParams, log_softmax
+from slmkit.serve.base import Runtime, SamplingParams, group_by_context, sample_token, score_rows
 
 REQUIRED_INPUTS = ("input_ids", "attention_mask")
-
-
-def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
-    """Greedy when temperature <= 0, else temperature / top-k / top-p sampling from one logits row."""
-    if params.temperature is None or params.temperature <= 0:
-        return int(np.argmax(logits))
-    x = np.asarray(logits, dtype=np.float64) / params.temperature
-    if params.top_k and 0 < params.top_k < x.size:
-        kth = np.partition(x, -params.top_k)[-params.top_k]
-        x = np.where(x < kth, -np.inf, x)
-    p = np.exp(x - x.max())
-    p /= p.sum()
-    if params.top_p is not None and params.top_p < 1.0:
-        order = np.argsort(-p, kind="stable")
-        sorted_p = p[order]
-        keep = (np.cumsum(sorted_p) - sorted_p) < params.top_p  # the smallest prefix reaching top_p
-        p = np.zeros_like(p)
-        p[order[keep]] = sorted_p[keep]
-        p /= p.sum()
-    cdf = np.cumsum(p)
-    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), p.size - 1))
 
 
 class OnnxRuntime(Runtime):
@@ -169,13 +147,7 @@ class OnnxRuntime(Runtime):
 
     def loglikelihood(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[tuple[float, bool]]:
         """Each distinct context runs once; its continuations run batched on top of its KV."""
-        results: list[tuple[float, bool] | None] = [None] * len(requests)
-        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        for i, (ctx, cont) in enumerate(requests):
-            if not cont:
-                results[i] = (0.0, True)
-            else:
-                groups[tuple(int(t) for t in ctx) or (self._start_id(),)].append(i)
+        results, groups = group_by_context(requests, self._start_id())
         for ctx, idxs in groups.items():
             logits, past = self.forward(ctx)
             last = logits[0, -1:]
@@ -209,11 +181,3 @@ class OnnxRuntime(Runtime):
 
     def close(self) -> None:
         self.session = None
-
-
-def score_rows(logits: np.ndarray, cont: Sequence[int]) -> tuple[float, bool]:
-    """(sum of log p(cont[i]) under logits[i], every cont token is the argmax)."""
-    logp = log_softmax(np.asarray(logits))
-    idx = np.arange(len(cont))
-    cont_arr = np.asarray(cont, dtype=np.int64)
-    return float(logp[idx, cont_arr].sum()), bool((np.argmax(logits, -1) == cont_arr).all())

@@ -10,7 +10,6 @@ per-step Python/dispatch overhead, not FLOPs, is what makes HF `generate` slow o
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 
 from slmkit.errors import SlmkitError
 from slmkit.model.transformer import KVCache, Transformer
-from slmkit.serve.base import Runtime, SamplingParams
+from slmkit.serve.base import Runtime, SamplingParams, group_by_context, sample_token, score_rows
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -183,8 +182,6 @@ class TorchRuntime(Runtime):
                 nxt_t = torch.argmax(logits)
                 nxt = int(nxt_t)
             else:
-                from slmkit.serve.onnx_backend import sample_token
-
                 nxt = sample_token(logits.float().cpu().numpy(), params, rng)
                 nxt_t = torch.tensor(nxt, device=self.device)
             yield nxt
@@ -198,15 +195,7 @@ class TorchRuntime(Runtime):
     def loglikelihood(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
                       batch_size: int = 16) -> list[tuple[float, bool]]:
         """Each distinct context runs once into a KV cache; its continuations run batched on copies of it."""
-        from slmkit.serve.onnx_backend import score_rows
-
-        results: list[tuple[float, bool] | None] = [None] * len(requests)
-        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        for i, (ctx, cont) in enumerate(requests):
-            if not cont:
-                results[i] = (0.0, True)
-            else:
-                groups[tuple(int(t) for t in ctx) or (self._start_id(),)].append(i)
+        results, groups = group_by_context(requests, self._start_id())
         for ctx, idxs in groups.items():
             longest = max(len(requests[i][1]) for i in idxs)
             cache = KVCache(self.cfg, 1, len(ctx) + longest, device=self.device, dtype=self.decoder.emb.dtype)
