@@ -46,6 +46,20 @@ def write_combined(folder: Path, records: list[dict], label: str, entries) -> No
     report.write_all(combined, folder)
 
 
+def finished(folder: Path, limit) -> dict | None:
+    """The record of a task already run with the same --limit (task-level resume), else None."""
+    import json
+
+    path = folder / "results.json"
+    if not path.exists():
+        return None
+    rec = json.loads(path.read_text())
+    if rec.get("manifest", {}).get("limit") != limit or rec["scores"][0]["value"] is None:
+        return None
+    rec["out"] = str(folder)
+    return rec
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=None, help="documents per (sub)task; omit for the full suite")
@@ -74,6 +88,11 @@ def main(argv=None) -> int:
     for entry in order:
         for key, backend, path, label in models:
             t0 = time.time()
+            rec = finished(out / key / entry.task, args.limit)
+            if rec is not None:
+                done[key].append(rec)
+                print(f"{key} {entry.name}: {rec['scores'][0]['value']} (already run)", flush=True)
+                continue
             rec = run_eval(str(path), tasks=[entry.task], backend=backend, limit=args.limit,
                            out=out / key / entry.task, label=label, write_reports=False, lm=lms[key])
             done[key].append(rec)

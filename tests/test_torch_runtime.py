@@ -60,6 +60,51 @@ def test_generate_ids_greedy_sampling_and_budget():
     assert out == seq[: seq.index(seq[-1]) + 1]
 
 
+def test_batched_decode_step_matches_native_forward_per_row():
+    """Left-padded rows of different lengths: each row's logits equal its own unpadded forward."""
+    model = random_model(0, **ODD)
+    rt = TorchRuntime.from_model(model)
+    rng = np.random.default_rng(2)
+    seqs = [rng.integers(0, 1000, n).tolist() for n in (14, 6, 10)]
+    P, new = max(len(s) for s in seqs) - 4, 4  # prompts are all but the last 4 tokens
+    prompts = [s[:-new] for s in seqs]
+    cache = KVCache(model.cfg, 3, P + new)
+    bias = torch.zeros(3, 1, 1, P + new)
+    for b, ids in enumerate(prompts):
+        one = KVCache(model.cfg, 1, len(ids))
+        with torch.no_grad():
+            model(torch.tensor([ids]), cache=one)
+        for layer in range(model.cfg.n_layers):
+            cache.k[layer][b, :, P - len(ids):P] = one.k[layer][0]
+            cache.v[layer][b, :, P - len(ids):P] = one.v[layer][0]
+        bias[b, ..., :P - len(ids)] = float("-inf")
+    pos = torch.tensor([len(p) for p in prompts])
+    for step in range(new):
+        toks = torch.tensor([s[len(p) + step] for s, p in zip(seqs, prompts)])
+        got = rt.decoder.step_batch(toks, pos + step, P + step, cache, bias[..., :P + step + 1]).numpy()
+        for b, s in enumerate(seqs):
+            full = rt.logits(s[:len(prompts[b]) + step + 1])[-1]
+            assert np.abs(got[b] - full).max() / np.abs(full).max() < 1e-5, (b, step)
+
+
+def test_generate_batch_equals_one_prompt_at_a_time():
+    model = random_model(3, **ODD)
+    rt = TorchRuntime.from_model(model)
+    rng = np.random.default_rng(4)
+    prompts = [rng.integers(0, 1000, n).tolist() for n in (3, 25, 11, 1, 40)]
+    greedy = SamplingParams(max_new_tokens=20)
+    ref = [list(rt.generate_ids(p, greedy)) for p in prompts]
+    assert len({tuple(r) for r in ref}) == len(prompts)  # each row has its own continuation
+    assert rt.generate_batch(prompts, 20) == ref
+    # a stop rule ends rows early (rows leave the batch at different steps); the others are unchanged
+    stop_at = {0: 4, 2: 9}
+    got = rt.generate_batch(prompts, 20, lambda row, ids: len(ids) >= stop_at.get(row, 99))
+    assert got == [r[:stop_at.get(i, 20)] for i, r in enumerate(ref)]
+    # the context window caps the budget as generate_ids does (max_seq_len 96)
+    long = [list(range(90)), [1, 2, 3]]
+    assert rt.generate_batch(long, 50) == [list(rt.generate_ids(p, SamplingParams(max_new_tokens=50)))[:6] for p in long]
+
+
 def test_loglikelihood_fast_path_equals_naive():
     rt = TorchRuntime.from_model(random_model(2, **ODD))
     ctx_a, ctx_b = [1, 2, 3, 4, 5, 6, 7], [9, 8]

@@ -163,21 +163,8 @@ class NativeLM(SlmkitLM):
         return loglikelihood(self.model, pairs, self.max_length, progress)
 
     def _generate(self, prompts, max_new, stops):
-        """Greedy, one prompt at a time on TorchRuntime's fused single-token decoder (the fast CPU path);
-        padded batches (fastscore.generate_greedy) need masked attention, which is slower on CPU."""
-        from slmkit.serve.base import SamplingParams
-
-        runtime = self._runtime()
-        done = self._stop_checker(stops)
-        outs = []
-        for row, ids in enumerate(prompts):
-            toks: list[int] = []
-            for t in runtime.generate_ids(ids, SamplingParams(max_new_tokens=max_new, temperature=0.0)):
-                toks.append(int(t))
-                if t == self.eot_token_id or done(row, toks):
-                    break
-            outs.append(toks)
-        return outs
+        """Greedy, the whole chunk decoded together (TorchRuntime.generate_batch: one weight pass per step)."""
+        return self._runtime().generate_batch(prompts, max_new, self._stop_checker(stops))
 
     def _runtime(self):
         if getattr(self, "_rt", None) is None:

@@ -11,7 +11,7 @@ per-step Python/dispatch overhead, not FLOPs, is what makes HF `generate` slow o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -100,6 +100,42 @@ class FastDecoder:
         return logits if self.cfg.logit_scale == 1.0 else logits * self.cfg.logit_scale
 
 
+    def step_batch(self, tokens: torch.Tensor, pos: torch.Tensor, slot: int, cache: KVCache,
+                   bias: torch.Tensor) -> torch.Tensor:
+        """Logits [B, vocab] for one new token per row; B rows share the weights' memory traffic.
+
+        Row b's token sits at RoPE position `pos[b]` and is written to cache slot `slot` (the same for
+        every row: prompts are left-padded); `bias` [B, 1, 1, slot + 1] is 0 where a row may attend and
+        -inf on its padding. Decoding is memory-bound on CPU, so B rows cost little more than one.
+        """
+        need = int(pos.max()) + 1
+        if need > self.cos.shape[0]:
+            self._tables(max(need, 2 * self.cos.shape[0]))
+        H, KV, hd, d, eps = self.H, self.KV, self.hd, self.cfg.d_model, self.eps
+        B, half, nqk, scale = tokens.shape[0], hd // 2, (H + KV) * hd, 1.0 / hd ** 0.5
+        x = F.embedding(tokens, self.emb)
+        if self.cfg.scale_emb != 1.0:
+            x = x * self.cfg.scale_emb
+        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # [B, 1, hd]
+        L = slot + 1
+        for i, (g1, wqkv, wo_t, r_attn, g2, wgu, wd_t, r_ffn) in enumerate(self.layers):
+            qkv = F.linear(F.rms_norm(x, (d,), g1, eps), wqkv)
+            qk = qkv[:, :nqk].view(B, H + KV, hd)
+            qk = torch.addcmul(qk * cos, torch.roll(qk, half, -1), sin)
+            kc, vc = cache.k[i], cache.v[i]  # [B, KV, max_len, hd]
+            kc[:, :, slot] = qk[:, H:]
+            vc[:, :, slot] = qkv[:, nqk:].view(B, KV, hd)
+            q = qk[:, :H].view(B, KV, H // KV, hd)
+            att = torch.softmax(torch.matmul(q, kc[:, :, :L].transpose(-1, -2)).mul_(scale).add_(bias), -1)
+            y = torch.matmul(att, vc[:, :, :L]).view(B, H * hd)
+            x = torch.addmm(x, y, wo_t, alpha=r_attn)
+            gate, up = F.linear(F.rms_norm(x, (d,), g2, eps), wgu).chunk(2, -1)
+            x = torch.addmm(x, F.silu(gate).mul_(up), wd_t, alpha=r_ffn)
+        cache.length = L
+        logits = F.linear(F.rms_norm(x, (d,), self.final_gain, eps), self.out_w)
+        return logits if self.cfg.logit_scale == 1.0 else logits * self.cfg.logit_scale
+
+
 def _rebind(linears, fused: torch.Tensor) -> None:
     """Make each Linear's weight a row-slice view of `fused` (values unchanged)."""
     start = 0
@@ -172,7 +208,7 @@ class TorchRuntime(Runtime):
             return
         cache = KVCache(self.cfg, 1, len(ids) + budget, device=self.device, dtype=self.decoder.emb.dtype)
         with self._mode():
-            logits = self.model(torch.tensor([ids], device=self.device), cache=cache)[0, -1]
+            logits = self._last_logits(ids, cache)
         eos = self.eos_ids
         rng = np.random.default_rng(params.seed)
         greedy = params.temperature is None or params.temperature <= 0
@@ -190,6 +226,62 @@ class TorchRuntime(Runtime):
             with self._mode():
                 logits = self._step(nxt_t, pos, cache)
             pos += 1
+
+    @torch.inference_mode()
+    def generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                       done: Callable[[int, list[int]], bool] | None = None) -> list[list[int]]:
+        """Greedy continuations of several prompts decoded together (what evaluation needs).
+
+        Each prompt is prefilled alone (no padding mask, the fast path), its keys/values copied into a
+        left-padded batch cache, then all rows decode one token per step through `step_batch`. A row
+        stops at EOS, at `max_new_tokens`, or when `done(row, ids)` says so (stop strings); finished rows
+        leave the batch so the rest decode at their own width. Tokens equal `generate_ids` run per prompt
+        up to float rounding in near-tied logits.
+        """
+        prompts = [[int(t) for t in p] or [self._start_id()] for p in prompts]
+        out: list[list[int]] = [[] for _ in prompts]
+        if not prompts or max_new_tokens <= 0:
+            return out
+        P = max(len(p) for p in prompts)
+        budget = min(max_new_tokens, self.cfg.max_seq_len - P)
+        if budget <= 0:
+            return out
+        dtype, dev, eos = self.decoder.emb.dtype, self.device, self.eos_ids
+        B, total = len(prompts), P + budget
+        cache = KVCache(self.cfg, B, total, device=dev, dtype=dtype)
+        bias = torch.zeros((B, 1, 1, total), dtype=dtype, device=dev)
+        first = []
+        for b, ids in enumerate(prompts):
+            pad = P - len(ids)
+            one = KVCache(self.cfg, 1, len(ids), device=dev, dtype=dtype)
+            first.append(self._last_logits(ids, one))
+            for layer in range(self.cfg.n_layers):
+                cache.k[layer][b, :, pad:P] = one.k[layer][0]
+                cache.v[layer][b, :, pad:P] = one.v[layer][0]
+            bias[b, ..., :pad] = float("-inf")
+        logits = torch.stack(first)
+        rows = list(range(B))  # batch row -> prompt index
+        pos = torch.tensor([len(p) for p in prompts], device=dev)
+        for step in range(budget):
+            nxt = logits.argmax(-1)
+            keep = []
+            for r, b in enumerate(rows):
+                t = int(nxt[r])
+                out[b].append(t)
+                if not (t in eos or (done is not None and done(b, out[b]))):
+                    keep.append(r)
+            if not keep or step + 1 == budget:
+                break
+            if len(keep) < len(rows):  # drop finished rows from the batch
+                idx = torch.tensor(keep, device=dev)
+                for layer in range(self.cfg.n_layers):
+                    cache.k[layer] = cache.k[layer].index_select(0, idx)
+                    cache.v[layer] = cache.v[layer].index_select(0, idx)
+                bias, nxt, pos = bias.index_select(0, idx), nxt.index_select(0, idx), pos.index_select(0, idx)
+                rows = [rows[r] for r in keep]
+            logits = self.decoder.step_batch(nxt, pos, P + step, cache, bias[..., :P + step + 1])
+            pos = pos + 1
+        return out
 
     @torch.inference_mode()
     def loglikelihood(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
@@ -224,6 +316,11 @@ class TorchRuntime(Runtime):
             ids[b, :len(c) - 1] = torch.tensor(c[:-1])
         out = self.model(ids, cache=cache).float()
         return [torch.cat([last, out[b, :len(c) - 1]], 0).cpu().numpy() for b, c in enumerate(conts)]
+
+    def _last_logits(self, ids: list[int], cache: KVCache) -> torch.Tensor:
+        """Prefill `ids` into `cache`; logits of the last position only (not [T, vocab])."""
+        h = self.model(torch.tensor([ids], device=self.device), cache=cache, hidden_only=True)
+        return self.model.project(h[:, -1])[0]
 
     def _start_id(self) -> int:
         tok = self.tokenizer
