@@ -4,7 +4,9 @@ Both score the very same lm-eval Instances (built once by our task manager from 
 25-shot, HellaSwag 10-shot, MMLU 5-shot (a few subjects) and GSM8K 8-shot generation. Prints time per
 backend, the stock/ours time ratio and how far the per-request scores are apart.
 
-    python benchmarks/eval_throughput.py --limit 8 [--model HF_DIR] [--gguf FILE] [--json out.json]
+    python benchmarks/eval_throughput.py --limit 8 --gen-limit 8 [--model HF_DIR] [--gguf FILE] [--json out.json]
+
+With --gguf, the GGUF's generation is timed batched (default) and one prompt at a time.
 """
 
 from __future__ import annotations
@@ -19,20 +21,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SLICES = [("arc_challenge", 25, 1.0), ("hellaswag", 10, 1.0), ("mmlu_astronomy", 5, 1.0),
-          ("mmlu_high_school_biology", 5, 1.0), ("gsm8k", 8, 0.25)]  # (task, shots, share of --limit)
+SLICES = [("arc_challenge", 25, None), ("hellaswag", 10, None), ("mmlu_astronomy", 5, None),
+          ("mmlu_high_school_biology", 5, None), ("gsm8k", 8, "gen")]  # (task, shots, which limit)
 
 
-def build_instances(limit: int) -> dict[str, list]:
+def build_instances(limit: int, gen_limit: int) -> dict[str, list]:
     from slmkit.evaluate.tasks import make_task_manager
 
     tm = make_task_manager("local")
     out = {}
-    for name, shots, share in SLICES:
+    for name, shots, which in SLICES:
         task = tm.load([name])["tasks"][name]
         task.set_config(key="num_fewshot", value=shots)
         task.set_fewshot_seed(seed=1234)
-        task.build_all_requests(limit=max(1, int(limit * share)), rank=0, world_size=1)
+        task.build_all_requests(limit=gen_limit if which == "gen" else limit, rank=0, world_size=1)
         out[name] = task.instances
     return out
 
@@ -62,7 +64,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="HF folder (default: slmkit.hub.pull('smollm2-135m-instruct'))")
     ap.add_argument("--gguf", help="also time this GGUF through slmkit-gguf")
-    ap.add_argument("--limit", type=int, default=8, help="documents per slice (GSM8K gets a quarter)")
+    ap.add_argument("--limit", type=int, default=8, help="documents per multiple-choice slice")
+    ap.add_argument("--gen-limit", type=int, default=8, help="GSM8K documents (generation: batched by 8 in ours)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", help="write the measurements here")
     args = ap.parse_args(argv)
@@ -75,7 +78,7 @@ def main(argv=None) -> int:
         from slmkit.hub import pull
 
         model = str(pull("smollm2-135m-instruct")["hf_dir"])
-    instances = build_instances(args.limit)
+    instances = build_instances(args.limit, args.gen_limit)
     from lm_eval.models.huggingface import HFLM
 
     from slmkit.evaluate.lm import GgufLM, NativeLM
@@ -83,10 +86,13 @@ def main(argv=None) -> int:
     backends = {"stock": HFLM(pretrained=model, device="cpu", dtype="float32", batch_size=1),  # the CLI default
                 "ours": NativeLM(model, batch_size=8)}
     if args.gguf:
-        backends["gguf"] = GgufLM(args.gguf)
+        backends["gguf"] = GgufLM(args.gguf)  # generation batched (8 parallel llama.cpp sequences)
+        backends["gguf-serial"] = GgufLM(args.gguf, batch_size=1)  # generation only: one prompt at a time
     timings: dict[str, dict] = {k: {} for k in backends}
     for name, insts in instances.items():  # interleaved per slice, so load drift hits both alike
         for key, lm in backends.items():
+            if key.endswith("-serial") and insts[0].request_type != "generate_until":
+                continue
             print(f"[{key}]", end="", flush=True)
             timings[key].update(run(lm, {name: insts}))
     stock, ours = timings["stock"], timings["ours"]
@@ -106,7 +112,11 @@ def main(argv=None) -> int:
             da, db = mc_accuracy(insts, s["out"]), mc_accuracy(insts, o["out"])
             row["same_choice"] = f"{sum(x == y for x, y in zip(da, db))}/{len(da)}"
         for k, v in extra.items():
-            row[f"{k}_s"] = round(v[name]["seconds"], 2)
+            if name in v:
+                row[f"{k}_s"] = round(v[name]["seconds"], 2)
+        if "gguf-serial" in extra and name in extra["gguf-serial"]:
+            row["gguf_batched_vs_serial"] = round(extra["gguf-serial"][name]["seconds"] / extra["gguf"][name]["seconds"], 2)
+            row["gguf_same_text"] = sum(a == b for a, b in zip(extra["gguf"][name]["out"], extra["gguf-serial"][name]["out"]))
         rows.append(row)
     print()
     for r in rows:

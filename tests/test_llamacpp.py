@@ -81,6 +81,23 @@ def test_greedy_generation_matches_torch(rt, artifact):
     assert list(rt.generate_ids(prompt, SamplingParams(max_new_tokens=24))) == got  # cached prefix reused
 
 
+def test_batched_generation_equals_one_prompt_at_a_time(rt):
+    """Parallel llama.cpp sequences in one decode call per step give each prompt its own greedy text (f32 file)."""
+    rng = np.random.default_rng(5)
+    prompts = [rng.integers(1, 512, n).tolist() for n in (4, 30, 12, 1, 60)]
+    ref = [list(rt.generate_ids(p, SamplingParams(max_new_tokens=25))) for p in prompts]
+    assert len({tuple(r) for r in ref}) == len(prompts)
+    assert rt.generate_batch(prompts, 25) == ref
+    stop_at = {1: 3, 4: 10}  # rows that stop early free their cells; the others are unchanged
+    got = rt.generate_batch(prompts, 25, lambda row, ids: len(ids) >= stop_at.get(row, 99))
+    assert got == [r[:stop_at.get(i, 25)] for i, r in enumerate(ref)]
+    # the window caps each row's budget (n_ctx 256) as generate_ids does; the single-sequence context still works after
+    long = [rng.integers(1, 512, 250).tolist(), prompts[0]]
+    assert rt.generate_batch(long, 20) == [list(rt.generate_ids(p, SamplingParams(max_new_tokens=20))) for p in long]
+    assert len(rt.generate_batch(long, 20)[0]) <= 6
+    assert list(rt.generate_ids(prompts[2], SamplingParams(max_new_tokens=25))) == ref[2]
+
+
 def test_sampling_is_seeded(rt):
     prompt = rt.tokenizer.encode("Hello world", add_special_tokens=False)
     params = SamplingParams(max_new_tokens=16, temperature=1.0, top_k=50, seed=3)

@@ -19,7 +19,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--out", help="run folder (default runs/<model>-<backend>-<time>); rerun with the same folder to resume")
     p.add_argument("--data", default="auto", choices=["auto", "local", "hub"],
                    help="documents from $SLMKIT_DATA/benchmarks (local), the Hub (hub) or local when present (auto)")
-    p.add_argument("--batch-size", type=int, help="generation batch size (hf) / lm-eval batch size (hf-stock)")
+    p.add_argument("--batch-size", type=int, help="prompts decoded together in generation tasks (hf, gguf; default 8; 1 = one at a time) / lm-eval batch size (hf-stock)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--no-cache", action="store_true", help="do not keep lm-eval's request cache (no resume)")
     p.set_defaults(func=_eval)

@@ -1,8 +1,9 @@
 """slmkit backends as lm-eval models (registered in lm_eval.api.registry).
 
-  slmkit-hf    native torch model on an HF folder or slmkit checkpoint: prefix-KV-reuse scoring, batched
-               greedy generation (fastscore.py)
-  slmkit-gguf  llama.cpp in-process through slmkit.serve (log-likelihood from the runtime's logits)
+  slmkit-hf    native torch model on an HF folder or slmkit checkpoint: prefix-KV-reuse scoring (fastscore.py),
+               batched greedy generation (TorchRuntime.generate_batch)
+  slmkit-gguf  llama.cpp in-process through slmkit.serve (log-likelihood from the runtime's logits, batched
+               greedy generation as parallel llama.cpp sequences)
   slmkit-onnx  onnxruntime through slmkit.serve
 Tokenisation, context/continuation splitting, truncation and stop handling follow lm-eval's `hf`
 model (TemplateLM._encode_pair, lm_eval.models.utils), so the same requests give the same scores;
@@ -183,7 +184,8 @@ class NativeLM(SlmkitLM):
 
 
 class RuntimeLM(SlmkitLM):
-    """Any slmkit.serve runtime: scoring through `Runtime.loglikelihood`, generation one prompt at a time."""
+    """Any slmkit.serve runtime: scoring through `Runtime.loglikelihood`; generation batched (batch_size
+    prompts per chunk, default 8) where the runtime has `generate_batch`, else one prompt at a time."""
 
     serve_backend = ""
 
@@ -196,7 +198,8 @@ class RuntimeLM(SlmkitLM):
             raise SlmkitError(f"{pretrained}: the {self.serve_backend} runtime exposes no tokenizer")
         window = getattr(self.runtime, "n_ctx", None) or getattr(self.runtime, "max_seq_len", None)
         limit = max_length or (window - 1 if window else None) or 2048  # the runtime holds ctx+cont: max_length+1
-        bs = 1 if batch_size in (None, "auto") else int(batch_size)
+        batched = hasattr(self.runtime, "generate_batch")
+        bs = (8 if batched else 1) if batch_size in (None, "auto") else int(batch_size)
         super().__init__(tok, int(limit), bs, pretrained)
 
     def _score(self, pairs, progress):
@@ -210,9 +213,12 @@ class RuntimeLM(SlmkitLM):
         return out
 
     def _generate(self, prompts, max_new, stops):
+        """Batched where the runtime can (llama.cpp: one decode call per step for the chunk), else one by one."""
         from slmkit.serve.base import SamplingParams
 
         done = self._stop_checker(stops)
+        if len(prompts) > 1 and hasattr(self.runtime, "generate_batch"):
+            return self.runtime.generate_batch(prompts, max_new, done)
         outs = []
         for row, ids in enumerate(prompts):
             toks: list[int] = []

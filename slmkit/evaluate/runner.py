@@ -32,9 +32,9 @@ def make_lm(backend: str, model: str, batch_size: int | None = None):
     if backend == "hf":
         return lm.NativeLM(str(model), batch_size=batch_size or 8)
     if backend == "gguf":
-        return lm.GgufLM(str(model))
+        return lm.GgufLM(str(model), batch_size=batch_size)
     if backend == "onnx":
-        return lm.OnnxLM(str(model))
+        return lm.OnnxLM(str(model), batch_size=batch_size)
     from lm_eval.api.registry import get_model
 
     name = "hf" if backend == "hf-stock" else "vllm"

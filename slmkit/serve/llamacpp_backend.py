@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -129,6 +129,10 @@ class LlamaCppRuntime(Runtime):
         return self._llm
 
     def close(self) -> None:
+        gen = getattr(self, "_gen_ctx", None)
+        if gen is not None:
+            gen.close()
+            self._gen_ctx = None
         llm = getattr(self, "_llm", None)
         if llm is not None:
             llm.close()
@@ -246,6 +250,107 @@ class LlamaCppRuntime(Runtime):
             yield int(tok)
             if tok in eos or produced >= budget:
                 break
+
+
+    # ---- batched greedy generation (evaluation) ------------------------------------------------------
+    def generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                       done: Callable[[int, list[int]], bool] | None = None) -> list[list[int]]:
+        """Greedy continuations of several prompts, one llama.cpp decode call per step for all of them.
+
+        Each prompt is its own sequence in a second context on the same weights (unified KV cache, so
+        every sequence may use whatever the others leave); a step decodes one token of every live
+        sequence in one batch, so the weights stream through the cache once per step instead of once
+        per prompt. A row stops at EOS, at the budget (n_ctx minus its prompt, as `generate_ids`), or when
+        `done(row, ids)` says so; its cells are freed at once.
+        """
+        lib = self._lib
+        prompts = [[int(t) for t in p] for p in prompts]
+        out: list[list[int]] = [[] for _ in prompts]
+        for i, ids in enumerate(prompts):
+            if not ids:
+                raise SlmkitError(f"{self.path}: empty prompt (row {i})")
+            self._check_len(len(ids))
+        budgets = [min(max_new_tokens, self.n_ctx - len(p)) for p in prompts]
+        live = [i for i, b in enumerate(budgets) if b > 0]
+        if not live:
+            return out
+        need = sum(len(prompts[i]) + budgets[i] for i in live)
+        ctx = self._batch_context(len(live), need)
+        mem = lib.llama_get_memory(ctx)
+        lib.llama_memory_clear(mem, True)
+        batch = self._gen_batch.batch
+        n_vocab, eos = self.n_vocab, self.eos_ids
+        nxt: dict[int, int] = {}
+        for i in live:  # prefill each prompt as its own sequence; logits of its last token only
+            ids = prompts[i]
+            for start in range(0, len(ids), self.n_batch):
+                chunk = ids[start:start + self.n_batch]
+                for j, tok in enumerate(chunk):
+                    batch.token[j], batch.pos[j], batch.n_seq_id[j] = tok, start + j, 1
+                    batch.seq_id[j][0] = i
+                    batch.logits[j] = start + j == len(ids) - 1
+                batch.n_tokens = len(chunk)
+                self._decode_or_raise(ctx, batch, mem, f"prefill of row {i}")
+            nxt[i] = self._argmax(ctx, len(chunk) - 1, n_vocab)
+        step = 0
+        while live:
+            still = []
+            for i in live:
+                tok = nxt[i]
+                out[i].append(tok)
+                if tok in eos or len(out[i]) >= budgets[i] or (done is not None and done(i, out[i])):
+                    lib.llama_memory_seq_rm(mem, i, -1, -1)
+                else:
+                    still.append(i)
+            live = still
+            if not live:
+                break
+            for j, i in enumerate(live):
+                batch.token[j], batch.pos[j], batch.n_seq_id[j] = nxt[i], len(prompts[i]) + step, 1
+                batch.seq_id[j][0] = i
+                batch.logits[j] = True
+            batch.n_tokens = len(live)
+            self._decode_or_raise(ctx, batch, mem, f"decode step {step}")
+            for j, i in enumerate(live):
+                nxt[i] = self._argmax(ctx, j, n_vocab)
+            step += 1
+        lib.llama_memory_clear(mem, True)
+        return out
+
+    def _batch_context(self, n_seq: int, n_cells: int):
+        """A llama.cpp context on the same model for `n_seq` parallel sequences (reused while it is big enough)."""
+        from llama_cpp import _internals
+
+        have = getattr(self, "_gen_ctx", None)
+        if have is not None and self._gen_shape[0] >= n_seq and self._gen_shape[1] >= n_cells:
+            return have.ctx
+        if have is not None:
+            have.close()
+        n_seq = max(n_seq, self._gen_shape[0] if have is not None else 0)
+        n_cells = -(-max(n_cells, self._gen_shape[1] if have is not None else 0) // 256) * 256
+        params = self._lib.llama_context_default_params()
+        base = self._llm.context_params
+        for field in ("n_threads", "n_threads_batch", "type_k", "type_v", "flash_attn_type", "offload_kqv"):
+            setattr(params, field, getattr(base, field))
+        params.n_ctx, params.n_seq_max, params.kv_unified = n_cells, n_seq, True
+        params.n_batch = params.n_ubatch = max(self.n_batch, n_seq)
+        try:
+            self._gen_ctx = _internals.LlamaContext(model=self._llm._model, params=params, verbose=False)
+        except ValueError as exc:
+            raise SlmkitError(f"{self.path}: llama.cpp could not make a {n_seq}-sequence context of {n_cells} cells ({exc})") from None
+        self._gen_batch = _internals.LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=1, verbose=False)
+        self._gen_shape = (n_seq, n_cells)
+        return self._gen_ctx.ctx
+
+    def _decode_or_raise(self, ctx, batch, mem, what: str) -> None:
+        rc = self._lib.llama_decode(ctx, batch)
+        if rc != 0:
+            self._lib.llama_memory_clear(mem, True)
+            raise SlmkitError(f"{self.path}: llama_decode failed with code {rc} during batched generation ({what})")
+
+    def _argmax(self, ctx, index: int, n_vocab: int) -> int:
+        ptr = self._lib.llama_get_logits_ith(ctx, index)
+        return int(np.argmax(np.ctypeslib.as_array(ptr, shape=(n_vocab,))))
 
 
 def extra_bufts_safe(path=None, reader=None) -> bool:
