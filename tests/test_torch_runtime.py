@@ -119,6 +119,22 @@ def test_loglikelihood_fast_path_equals_naive():
     assert rt.loglikelihood([(ctx_a, greedy)])[0][1] is True
 
 
+def test_loglikelihood_prefix_reuse_equals_naive():
+    """Contexts sharing a long few-shot prefix reuse its KV cache (cropped, not recomputed); scores unchanged."""
+    rt = TorchRuntime.from_model(random_model(5, **ODD))
+    rng = np.random.default_rng(6)
+    shared = rng.integers(0, 1000, 70).tolist()  # longer than MIN_PREFIX_REUSE
+    reqs = [(shared + rng.integers(0, 1000, n).tolist(), rng.integers(0, 1000, m).tolist())
+            for n, m in ((3, 1), (9, 4), (1, 2), (5, 1))]
+    reqs += [(reqs[1][0], [7, 8, 9]), (shared[:10], [4]), ([], [3, 2]), (shared, [])]
+    seen = []
+    fast = rt.loglikelihood(reqs, batch_size=3, progress=seen.append)
+    naive = Runtime.loglikelihood(rt, reqs[:-2]) + [Runtime.loglikelihood(rt, [([rt._start_id()], [3, 2])])[0], (0.0, True)]
+    for (f, fg), (n, ng) in zip(fast, naive):
+        assert f == pytest.approx(n, rel=1e-5, abs=1e-4) and fg == ng
+    assert sum(seen) == len(reqs)
+
+
 def test_load_checkpoint_path_with_tokenizer(tmp_path, tiny_tokenizer_dir):
     from slmkit.serve import load
 

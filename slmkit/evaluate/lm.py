@@ -1,6 +1,6 @@
 """slmkit backends as lm-eval models (registered in lm_eval.api.registry).
 
-  slmkit-hf    native torch model on an HF folder or slmkit checkpoint: prefix-KV-reuse scoring (fastscore.py),
+  slmkit-hf    native torch model on an HF folder or slmkit checkpoint: prefix-KV-reuse scoring,
                batched greedy generation (TorchRuntime.generate_batch)
   slmkit-gguf  llama.cpp in-process through slmkit.serve (log-likelihood from the runtime's logits, batched
                greedy generation as parallel llama.cpp sequences)
@@ -140,39 +140,29 @@ class SlmkitLM(TemplateLM):
 
 @register_model("slmkit-hf")
 class NativeLM(SlmkitLM):
-    """The native µP torch model (fp32 on CPU) with prefix-KV-reuse scoring."""
+    """The native µP torch model (fp32 on CPU) through TorchRuntime: prefix-KV-reuse scoring, batched decoding."""
 
     backend_name = "hf"
 
     def __init__(self, pretrained: str, batch_size: int | str = 8, max_length: int | None = None,
                  threads: int | None = None, **kwargs) -> None:
-        import torch
-
-        from slmkit.model.hf import load_any
         from slmkit.model.tokenizer import load_tokenizer
+        from slmkit.serve.torch_backend import TorchRuntime
 
-        if threads:
-            torch.set_num_threads(int(threads))
-        self.model = load_any(pretrained).eval()
         tokenizer = load_tokenizer(pretrained)
+        self.runtime = TorchRuntime(pretrained, tokenizer=tokenizer, threads=threads)  # owns the model: no weight copy
+        self.model = self.runtime.model
         bs = 8 if batch_size in (None, "auto") else int(batch_size)
         super().__init__(tokenizer, int(max_length or self.model.cfg.max_seq_len), bs, pretrained)
 
     def _score(self, pairs, progress):
-        from slmkit.evaluate.fastscore import loglikelihood
-
-        return loglikelihood(self.model, pairs, self.max_length, progress)
+        keep = self.max_length + 1  # as lm-eval's hf model: the last max_length+1 tokens of ctx+cont
+        pairs = [(list(c)[max(0, len(c) + len(t) - keep):], list(t)) for c, t in pairs]
+        return self.runtime.loglikelihood(pairs, batch_size=16, progress=progress)
 
     def _generate(self, prompts, max_new, stops):
         """Greedy, the whole chunk decoded together (TorchRuntime.generate_batch: one weight pass per step)."""
-        return self._runtime().generate_batch(prompts, max_new, self._stop_checker(stops))
-
-    def _runtime(self):
-        if getattr(self, "_rt", None) is None:
-            from slmkit.serve.torch_backend import TorchRuntime
-
-            self._rt = TorchRuntime.from_model(self.model, tokenizer=self.tokenizer)
-        return self._rt
+        return self.runtime.generate_batch(prompts, max_new, self._stop_checker(stops))
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):

@@ -21,6 +21,8 @@ from slmkit.errors import SlmkitError
 from slmkit.model.transformer import KVCache, Transformer
 from slmkit.serve.base import Runtime, SamplingParams, group_by_context, sample_token, score_rows
 
+MIN_PREFIX_REUSE = 64  # cached prefix tokens below which a context is recomputed from scratch
+
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
@@ -134,6 +136,14 @@ class FastDecoder:
         cache.length = L
         logits = F.linear(F.rms_norm(x, (d,), self.final_gain, eps), self.out_w)
         return logits if self.cfg.logit_scale == 1.0 else logits * self.cfg.logit_scale
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 def _rebind(linears, fused: torch.Tensor) -> None:
@@ -284,28 +294,48 @@ class TorchRuntime(Runtime):
         return out
 
     @torch.inference_mode()
-    def loglikelihood(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
-                      batch_size: int = 16) -> list[tuple[float, bool]]:
-        """Each distinct context runs once into a KV cache; its continuations run batched on copies of it."""
+    def loglikelihood(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int = 16,
+                      progress: Callable[[int], None] | None = None) -> list[tuple[float, bool]]:
+        """(sum log p(cont | ctx), cont is the greedy continuation) per request, in order.
+
+        Multiple-choice requests share one long context and differ in a short continuation. Distinct
+        contexts run once each, in sorted order, so a context reuses the KV cache of the common prefix
+        it shares with the previous one (MMLU's 5-shot prefix, for one); only the last position gets
+        logits; the continuations then run batched on copies of that cache. Scores equal a full
+        forward pass up to float rounding. `progress(n)` is told as requests finish.
+        """
         results, groups = group_by_context(requests, self._start_id())
-        for ctx, idxs in groups.items():
-            longest = max(len(requests[i][1]) for i in idxs)
-            cache = KVCache(self.cfg, 1, len(ctx) + longest, device=self.device, dtype=self.decoder.emb.dtype)
-            last = self.model(torch.tensor([ctx], device=self.device), cache=cache)[0, -1:].float()
+        if progress and len(groups) < len(requests):
+            progress(len(requests) - sum(len(v) for v in groups.values()))
+        contexts = sorted(groups)
+        longest = max((len(c) for c in contexts), default=1)
+        cache = KVCache(self.cfg, 1, longest, device=self.device, dtype=self.decoder.emb.dtype)
+        cached: tuple[int, ...] = ()
+        for ctx in contexts:
+            keep = min(_common_prefix(cached, ctx), len(ctx) - 1)
+            if keep < MIN_PREFIX_REUSE:  # a short shared prefix is not worth the masked (slower) attention path
+                keep = 0
+            cache.crop(keep)
+            h = self.model(torch.tensor([ctx[keep:]], device=self.device), cache=cache, start_pos=keep, hidden_only=True)
+            cached = ctx
+            last = self.model.project(h[:, -1]).float()  # [1, vocab]: predicts each continuation's first token
+            idxs = groups[ctx]
             for start in range(0, len(idxs), batch_size):
                 chunk = idxs[start:start + batch_size]
                 conts = [[int(t) for t in requests[i][1]] for i in chunk]
                 rows = self._continuation_logits(cache, len(ctx), conts, last)
                 for i, cont, lg in zip(chunk, conts, rows):
                     results[i] = score_rows(lg, cont)
+            if progress:
+                progress(len(idxs))
         return results  # type: ignore[return-value]
 
     def _continuation_logits(self, ctx_cache: KVCache, ctx_len: int, conts: list[list[int]], last):
+        """Logits [len(cont), vocab] per continuation: `last` for its first token, the rest batched on the cache."""
         width = max(len(c) for c in conts) - 1
         if width == 0:
             return [last.cpu().numpy() for _ in conts]
         B = len(conts)
-        ctx_cache.crop(ctx_len)
         cache = KVCache(self.cfg, B, ctx_len + width, device=self.device, dtype=self.decoder.emb.dtype)
         for layer in range(self.cfg.n_layers):
             cache.k[layer][:, :, :ctx_len] = ctx_cache.k[layer][:, :, :ctx_len]
