@@ -1,7 +1,8 @@
 """Throughput: our lm-eval backends vs stock `lm_eval --model hf` on the same request slices, in one run.
 
 Both score the very same lm-eval Instances (built once by our task manager from local data): ARC-Challenge
-25-shot, HellaSwag 10-shot, MMLU 5-shot (a few subjects) and GSM8K 8-shot generation. Prints time per
+25-shot, HellaSwag 10-shot, MMLU 5-shot (a few subjects), GSM8K 8-shot generation (per-document random
+exemplars) and BBH CoT 3-shot generation (fixed exemplars: one shared prefix). Prints time per
 backend, the stock/ours time ratio and how far the per-request scores are apart.
 
     python benchmarks/eval_throughput.py --limit 8 --gen-limit 8 [--model HF_DIR] [--gguf FILE] [--json out.json]
@@ -22,7 +23,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SLICES = [("arc_challenge", 25, None), ("hellaswag", 10, None), ("mmlu_astronomy", 5, None),
-          ("mmlu_high_school_biology", 5, None), ("gsm8k", 8, "gen")]  # (task, shots, which limit)
+          ("mmlu_high_school_biology", 5, None), ("gsm8k", 8, "gen"),
+          ("bbh_cot_fewshot_date_understanding", 3, "gen")]  # (task, shots, which limit)
 
 
 def build_instances(limit: int, gen_limit: int) -> dict[str, list]:
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", help="HF folder (default: slmkit.hub.pull('smollm2-135m-instruct'))")
     ap.add_argument("--gguf", help="also time this GGUF through slmkit-gguf")
     ap.add_argument("--limit", type=int, default=8, help="documents per multiple-choice slice")
-    ap.add_argument("--gen-limit", type=int, default=8, help="GSM8K documents (generation: batched by 8 in ours)")
+    ap.add_argument("--gen-limit", type=int, default=8, help="GSM8K and BBH documents (generation: batched by 8 in ours)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", help="write the measurements here")
     args = ap.parse_args(argv)

@@ -91,6 +91,10 @@ def test_batched_generation_equals_one_prompt_at_a_time(rt):
     stop_at = {1: 3, 4: 10}  # rows that stop early free their cells; the others are unchanged
     got = rt.generate_batch(prompts, 25, lambda row, ids: len(ids) >= stop_at.get(row, 99))
     assert got == [r[:stop_at.get(i, 25)] for i, r in enumerate(ref)]
+    # prompts sharing a prefix share its cells (copied sequence, not recomputed); same tokens
+    shared = rng.integers(1, 512, 40).tolist()
+    fewshot = [shared + rng.integers(1, 512, n).tolist() for n in (3, 1, 8)] + [shared[:20], prompts[1]]
+    assert rt.generate_batch(fewshot, 15) == [list(rt.generate_ids(p, SamplingParams(max_new_tokens=15))) for p in fewshot]
     # the window caps each row's budget (n_ctx 256) as generate_ids does; the single-sequence context still works after
     long = [rng.integers(1, 512, 250).tolist(), prompts[0]]
     assert rt.generate_batch(long, 20) == [list(rt.generate_ids(p, SamplingParams(max_new_tokens=20))) for p in long]

@@ -100,6 +100,10 @@ def test_generate_batch_equals_one_prompt_at_a_time():
     stop_at = {0: 4, 2: 9}
     got = rt.generate_batch(prompts, 20, lambda row, ids: len(ids) >= stop_at.get(row, 99))
     assert got == [r[:stop_at.get(i, 20)] for i, r in enumerate(ref)]
+    # prompts sharing a few-shot-like prefix (>= MIN_PREFIX_REUSE tokens) prefill it once; same tokens
+    shared = rng.integers(0, 1000, 66).tolist()
+    fewshot = [shared + rng.integers(0, 1000, n).tolist() for n in (2, 9, 1)] + [prompts[1]]
+    assert rt.generate_batch(fewshot, 12) == [list(rt.generate_ids(p, SamplingParams(max_new_tokens=12))) for p in fewshot]
     # the context window caps the budget as generate_ids does (max_seq_len 96)
     long = [list(range(90)), [1, 2, 3]]
     assert rt.generate_batch(long, 50) == [list(rt.generate_ids(p, SamplingParams(max_new_tokens=50)))[:6] for p in long]

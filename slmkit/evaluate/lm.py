@@ -103,7 +103,7 @@ class SlmkitLM(TemplateLM):
             max_ctx = self.max_length - max_gen if max_gen < self.max_length else self.max_length
             ids = self.tok_encode(context)[-max_ctx:]
             jobs.append((i, ids, until, max_gen, context, gen_kwargs))
-        jobs.sort(key=lambda j: (-len(j[1]), j[3]))
+        jobs.sort(key=lambda j: j[1])  # by tokens: prompts with the same few-shot exemplars share a batch and its prefix
         results: list[str | None] = [None] * len(jobs)
         bar = tqdm(total=len(jobs), desc=f"generate_until ({self.backend_name})", disable=disable_tqdm)
         for start in range(0, len(jobs), self.batch_size):

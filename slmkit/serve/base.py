@@ -173,6 +173,15 @@ def group_by_context(requests, start_id: int) -> tuple[list, dict[tuple[int, ...
     return results, groups
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Number of leading tokens `a` and `b` share (how much of a KV cache one can lend the other)."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
 def score_rows(logits: np.ndarray, cont: Sequence[int]) -> tuple[float, bool]:
     """(sum of log p(cont[i]) under logits[i], every cont token is the argmax)."""
     logp = log_softmax(np.asarray(logits))

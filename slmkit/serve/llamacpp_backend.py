@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from slmkit.errors import SlmkitError
-from slmkit.serve.base import Runtime, SamplingParams, log_softmax
+from slmkit.serve.base import Runtime, SamplingParams, common_prefix, log_softmax
 
 GGML_TYPE_F32 = 0
 EXTRA_BUFTS_ENV = "SLMKIT_LLAMA_EXTRA_BUFTS"
@@ -215,11 +215,7 @@ class LlamaCppRuntime(Runtime):
             full = ctx + cont
             self._check_len(len(full))
             start = len(ctx) - 1  # first position whose logits we need
-            keep = 0
-            for a, b in zip(self._cached(), full[:start]):
-                if a != b:
-                    break
-                keep += 1
+            keep = common_prefix(self._cached(), full[:start])
             self._rewind(keep)
             logits = self._decode(full[keep:], start - keep)[: len(cont)]
             logp = log_softmax(logits)
@@ -258,7 +254,9 @@ class LlamaCppRuntime(Runtime):
         """Greedy continuations of several prompts, one llama.cpp decode call per step for all of them.
 
         Each prompt is its own sequence in a second context on the same weights (unified KV cache, so
-        every sequence may use whatever the others leave); a step decodes one token of every live
+        every sequence may use whatever the others leave, and a prompt shares the cells of the prefix
+        it has in common with the previous one in sorted order: few-shot exemplars are computed once
+        per batch); a step decodes one token of every live
         sequence in one batch, so the weights stream through the cache once per step instead of once
         per prompt. A row stops at EOS, at the budget (n_ctx minus its prompt, as `generate_ids`), or when
         `done(row, ids)` says so; its cells are freed at once.
@@ -281,9 +279,15 @@ class LlamaCppRuntime(Runtime):
         batch = self._gen_batch.batch
         n_vocab, eos = self.n_vocab, self.eos_ids
         nxt: dict[int, int] = {}
-        for i in live:  # prefill each prompt as its own sequence; logits of its last token only
+        prev = None
+        for i in sorted(live, key=prompts.__getitem__):  # prefill each prompt as its own sequence
             ids = prompts[i]
-            for start in range(0, len(ids), self.n_batch):
+            keep = 0
+            if prev is not None:  # the prefix shared with the previous prompt: its cells join this sequence
+                keep = min(common_prefix(prompts[prev], ids), len(ids) - 1)
+                if keep:
+                    lib.llama_memory_seq_cp(mem, prev, i, 0, keep)
+            for start in range(keep, len(ids), self.n_batch):
                 chunk = ids[start:start + self.n_batch]
                 for j, tok in enumerate(chunk):
                     batch.token[j], batch.pos[j], batch.n_seq_id[j] = tok, start + j, 1
@@ -292,6 +296,7 @@ class LlamaCppRuntime(Runtime):
                 batch.n_tokens = len(chunk)
                 self._decode_or_raise(ctx, batch, mem, f"prefill of row {i}")
             nxt[i] = self._argmax(ctx, len(chunk) - 1, n_vocab)
+            prev = i
         step = 0
         while live:
             still = []

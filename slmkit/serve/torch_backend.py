@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from slmkit.errors import SlmkitError
 from slmkit.model.transformer import KVCache, Transformer
-from slmkit.serve.base import Runtime, SamplingParams, group_by_context, sample_token, score_rows
+from slmkit.serve.base import Runtime, SamplingParams, common_prefix, group_by_context, sample_token, score_rows
 
 MIN_PREFIX_REUSE = 64  # cached prefix tokens below which a context is recomputed from scratch
 
@@ -138,14 +138,6 @@ class FastDecoder:
         return logits if self.cfg.logit_scale == 1.0 else logits * self.cfg.logit_scale
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 def _rebind(linears, fused: torch.Tensor) -> None:
     """Make each Linear's weight a row-slice view of `fused` (values unchanged)."""
     start = 0
@@ -242,8 +234,9 @@ class TorchRuntime(Runtime):
                        done: Callable[[int, list[int]], bool] | None = None) -> list[list[int]]:
         """Greedy continuations of several prompts decoded together (what evaluation needs).
 
-        Each prompt is prefilled alone (no padding mask, the fast path), its keys/values copied into a
-        left-padded batch cache, then all rows decode one token per step through `step_batch`. A row
+        Each prompt is prefilled alone (no padding mask, the fast path), reusing the keys/values of the
+        prefix it shares with the previous prompt in sorted order (few-shot exemplars: BBH, MATH, MBPP),
+        then copied into a left-padded batch cache; all rows decode one token per step through `step_batch`. A row
         stops at EOS, at `max_new_tokens`, or when `done(row, ids)` says so (stop strings); finished rows
         leave the batch so the rest decode at their own width. Tokens equal `generate_ids` run per prompt
         up to float rounding in near-tied logits.
@@ -260,16 +253,23 @@ class TorchRuntime(Runtime):
         B, total = len(prompts), P + budget
         cache = KVCache(self.cfg, B, total, device=dev, dtype=dtype)
         bias = torch.zeros((B, 1, 1, total), dtype=dtype, device=dev)
-        first = []
-        for b, ids in enumerate(prompts):
-            pad = P - len(ids)
-            one = KVCache(self.cfg, 1, len(ids), device=dev, dtype=dtype)
-            first.append(self._last_logits(ids, one))
+        first: list[torch.Tensor | None] = [None] * B
+        work = KVCache(self.cfg, 1, P, device=dev, dtype=dtype)
+        prev: list[int] = []
+        for b in sorted(range(B), key=prompts.__getitem__):  # sorted: few-shot prompts sharing exemplars adjoin
+            ids, pad = prompts[b], P - len(prompts[b])
+            keep = min(common_prefix(prev, ids), len(ids) - 1)
+            if keep < MIN_PREFIX_REUSE:
+                keep = 0
+            work.crop(keep)  # the shared prefix's keys/values stay; only the rest is computed
+            h = self.model(torch.tensor([ids[keep:]], device=dev), cache=work, start_pos=keep, hidden_only=True)
+            first[b] = self.model.project(h[:, -1])[0]
             for layer in range(self.cfg.n_layers):
-                cache.k[layer][b, :, pad:P] = one.k[layer][0]
-                cache.v[layer][b, :, pad:P] = one.v[layer][0]
+                cache.k[layer][b, :, pad:P] = work.k[layer][0, :, :len(ids)]
+                cache.v[layer][b, :, pad:P] = work.v[layer][0, :, :len(ids)]
             bias[b, ..., :pad] = float("-inf")
-        logits = torch.stack(first)
+            prev = ids
+        logits = torch.stack(first)  # type: ignore[arg-type]
         rows = list(range(B))  # batch row -> prompt index
         pos = torch.tensor([len(p) for p in prompts], device=dev)
         for step in range(budget):
@@ -312,7 +312,7 @@ class TorchRuntime(Runtime):
         cache = KVCache(self.cfg, 1, longest, device=self.device, dtype=self.decoder.emb.dtype)
         cached: tuple[int, ...] = ()
         for ctx in contexts:
-            keep = min(_common_prefix(cached, ctx), len(ctx) - 1)
+            keep = min(common_prefix(cached, ctx), len(ctx) - 1)
             if keep < MIN_PREFIX_REUSE:  # a short shared prefix is not worth the masked (slower) attention path
                 keep = 0
             cache.crop(keep)
