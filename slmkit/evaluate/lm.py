@@ -179,7 +179,7 @@ class RuntimeLM(SlmkitLM):
 
     serve_backend = ""
 
-    def __init__(self, pretrained: str, batch_size: int | str = 1, max_length: int | None = None, **options) -> None:
+    def __init__(self, pretrained: str, batch_size: int | str | None = None, max_length: int | None = None, **options) -> None:
         from slmkit import serve
 
         self.runtime = serve.load(pretrained, backend=self.serve_backend, **options)
