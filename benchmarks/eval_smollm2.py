@@ -67,6 +67,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs/smollm2")
     ap.add_argument("--gguf-types", default="q4_k_m", help="GGUF types to evaluate beside hf ('' for none)")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads per backend (e.g. 1 to run hf and gguf "
+                    "as two processes side by side: --gguf-types '' in one, --skip-hf in the other)")
     args = ap.parse_args(argv)
 
     from slmkit.evaluate.compare import compare
@@ -79,7 +81,7 @@ def main(argv=None) -> int:
     models = [] if args.skip_hf else [("hf", "hf", hf_dir, "SmolLM2-135M-Instruct fp32 [hf]")]
     for qtype in [q for q in args.gguf_types.split(",") if q]:
         models.append((f"gguf-{qtype}", "gguf", ensure_gguf(hf_dir, qtype), f"SmolLM2-135M-Instruct {qtype} [gguf]"))
-    lms = {key: make_lm(backend, str(path)) for key, backend, path, _ in models}  # loaded once
+    lms = {key: make_lm(backend, str(path), threads=args.threads) for key, backend, path, _ in models}  # loaded once
     suite = load_suite("xmodel13")
     entries = select(suite, args.tasks)
     # task by task (cheapest first), every model in turn: a run cut short still has whole tasks to report
@@ -98,7 +100,9 @@ def main(argv=None) -> int:
             done[key].append(rec)
             print(f"{key} {entry.name}: {rec['scores'][0]['value']} ({time.time() - t0:.0f} s)", flush=True)
             write_combined(out / key, done[key], label, entries)
-    print(compare([out / key for key, *_ in models], out=out / "compare.md"))
+    runs = [out / key for key in ("hf", *(f"gguf-{q}" for q in args.gguf_types.split(",") if q))
+            if (out / key / "results.json").exists()]  # every model run into this folder so far
+    print(compare(runs, out=out / "compare.md"))
     return 0
 
 

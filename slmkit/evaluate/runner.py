@@ -21,8 +21,10 @@ BACKENDS = ("hf", "gguf", "onnx", "vllm", "hf-stock")
 SEED = 1234  # lm-eval's default seeds (fewshot, random)
 
 
-def make_lm(backend: str, model: str, batch_size: int | None = None):
-    """An lm-eval LM for `backend` ('hf' = native torch, 'hf-stock' = lm-eval's own hf, 'vllm' = lm-eval's)."""
+def make_lm(backend: str, model: str, batch_size: int | None = None, threads: int | None = None):
+    """An lm-eval LM for `backend` ('hf' = native torch, 'hf-stock' = lm-eval's own hf, 'vllm' = lm-eval's).
+
+    threads: CPU threads for hf (torch), gguf (llama.cpp decode and prompt) and onnx; None = the runtime's default."""
     if backend not in BACKENDS:
         raise SlmkitError(f"unknown backend '{backend}' (known: {', '.join(BACKENDS)})")
     if not Path(model).exists():
@@ -30,11 +32,11 @@ def make_lm(backend: str, model: str, batch_size: int | None = None):
     from slmkit.evaluate import lm
 
     if backend == "hf":
-        return lm.NativeLM(str(model), batch_size=batch_size or 8)
+        return lm.NativeLM(str(model), batch_size=batch_size or 8, threads=threads)
     if backend == "gguf":
-        return lm.GgufLM(str(model), batch_size=batch_size)
+        return lm.GgufLM(str(model), batch_size=batch_size, **({"n_threads": threads} if threads else {}))
     if backend == "onnx":
-        return lm.OnnxLM(str(model), batch_size=batch_size)
+        return lm.OnnxLM(str(model), batch_size=batch_size, **({"threads": threads} if threads else {}))
     from lm_eval.api.registry import get_model
 
     name = "hf" if backend == "hf-stock" else "vllm"

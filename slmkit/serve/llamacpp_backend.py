@@ -114,6 +114,7 @@ class LlamaCppRuntime(Runtime):
         except ValueError as exc:
             raise SlmkitError(f"{self.path}: llama.cpp could not load the model ({exc})") from None
         self._lib = llama_cpp
+        self.verbose = bool(verbose)
         self.n_vocab = int(self._llm.n_vocab())
         self.n_batch = int(n_batch)
         self.tokenizer = tokenizer if tokenizer is not None else _tokenizer_for(self.path, reader, self.n_vocab)
@@ -253,13 +254,12 @@ class LlamaCppRuntime(Runtime):
                        done: Callable[[int, list[int]], bool] | None = None) -> list[list[int]]:
         """Greedy continuations of several prompts, one llama.cpp decode call per step for all of them.
 
-        Each prompt is its own sequence in a second context on the same weights (unified KV cache, so
-        every sequence may use whatever the others leave, and a prompt shares the cells of the prefix
-        it has in common with the previous one in sorted order: few-shot exemplars are computed once
-        per batch); a step decodes one token of every live
-        sequence in one batch, so the weights stream through the cache once per step instead of once
-        per prompt. A row stops at EOS, at the budget (n_ctx minus its prompt, as `generate_ids`), or when
-        `done(row, ids)` says so; its cells are freed at once.
+        Each prompt is its own sequence in a second context on the same weights and reuses the keys and
+        values of the prefix it shares with the previous prompt in sorted order (few-shot exemplars are
+        computed once per batch). A step decodes one token of every live sequence in one batch, so the
+        weights stream through the cache once per step instead of once per prompt. A row stops at EOS,
+        at the budget (n_ctx minus its prompt, as `generate_ids`), or when `done(row, ids)` says so; its
+        cells are freed at once. Each sequence has its own KV stream (see `_batch_context`).
         """
         lib = self._lib
         prompts = [[int(t) for t in p] for p in prompts]
@@ -272,21 +272,22 @@ class LlamaCppRuntime(Runtime):
         live = [i for i, b in enumerate(budgets) if b > 0]
         if not live:
             return out
-        need = sum(len(prompts[i]) + budgets[i] for i in live)
-        ctx = self._batch_context(len(live), need)
+        plan, prev = [], None  # (row, tokens it takes from the previous row's cache, that row)
+        for i in sorted(live, key=prompts.__getitem__):
+            keep = min(common_prefix(prompts[prev], prompts[i]), len(prompts[i]) - 1) if prev is not None else 0
+            plan.append((i, keep, prev))
+            prev = i
+        ctx = self._batch_context(len(prompts), max(len(prompts[i]) + budgets[i] for i in live))
         mem = lib.llama_get_memory(ctx)
         lib.llama_memory_clear(mem, True)
         batch = self._gen_batch.batch
         n_vocab, eos = self.n_vocab, self.eos_ids
         nxt: dict[int, int] = {}
-        prev = None
-        for i in sorted(live, key=prompts.__getitem__):  # prefill each prompt as its own sequence
+        for i, keep, src in plan:  # prefill each prompt as its own sequence
             ids = prompts[i]
-            keep = 0
-            if prev is not None:  # the prefix shared with the previous prompt: its cells join this sequence
-                keep = min(common_prefix(prompts[prev], ids), len(ids) - 1)
-                if keep:
-                    lib.llama_memory_seq_cp(mem, prev, i, 0, keep)
+            if keep:  # llama.cpp copies between streams only whole: copy, then drop the unshared tail
+                lib.llama_memory_seq_cp(mem, src, i, -1, -1)
+                lib.llama_memory_seq_rm(mem, i, keep, -1)
             for start in range(keep, len(ids), self.n_batch):
                 chunk = ids[start:start + self.n_batch]
                 for j, tok in enumerate(chunk):
@@ -296,7 +297,6 @@ class LlamaCppRuntime(Runtime):
                 batch.n_tokens = len(chunk)
                 self._decode_or_raise(ctx, batch, mem, f"prefill of row {i}")
             nxt[i] = self._argmax(ctx, len(chunk) - 1, n_vocab)
-            prev = i
         step = 0
         while live:
             still = []
@@ -322,29 +322,39 @@ class LlamaCppRuntime(Runtime):
         lib.llama_memory_clear(mem, True)
         return out
 
-    def _batch_context(self, n_seq: int, n_cells: int):
-        """A llama.cpp context on the same model for `n_seq` parallel sequences (reused while it is big enough)."""
+    def _batch_context(self, n_seq: int, seq_cells: int):
+        """A llama.cpp context on the same model for `n_seq` parallel sequences of up to `seq_cells` tokens
+        each, one KV stream per sequence (reused while it is big enough).
+
+        Streams, not one unified cache: in a unified cache every token attends over every sequence's
+        cells (masked). Measured on SmolLM2-135M q4_k_m, 8 GSM8K prompts of ~1,800 distinct tokens:
+        prefill 119 s unified vs 38 s streams, 179 vs 101 ms per decode step; with BBH's shared 3-shot
+        prefix the two are within 10 % (prefill 4.7 vs 4.1 s, 49 vs 53 ms per step).
+        """
         from llama_cpp import _internals
 
         have = getattr(self, "_gen_ctx", None)
-        if have is not None and self._gen_shape[0] >= n_seq and self._gen_shape[1] >= n_cells:
+        if have is not None and self._gen_shape[0] >= n_seq and self._gen_shape[1] >= seq_cells:
             return have.ctx
         if have is not None:
+            n_seq, seq_cells = max(n_seq, self._gen_shape[0]), max(seq_cells, self._gen_shape[1])
             have.close()
-        n_seq = max(n_seq, self._gen_shape[0] if have is not None else 0)
-        n_cells = -(-max(n_cells, self._gen_shape[1] if have is not None else 0) // 256) * 256
+            self._gen_ctx = None
+        seq_cells = -(-seq_cells // 256) * 256
         params = self._lib.llama_context_default_params()
         base = self._llm.context_params
         for field in ("n_threads", "n_threads_batch", "type_k", "type_v", "flash_attn_type", "offload_kqv"):
             setattr(params, field, getattr(base, field))
-        params.n_ctx, params.n_seq_max, params.kv_unified = n_cells, n_seq, True
+        params.n_ctx, params.n_seq_max, params.kv_unified = n_seq * seq_cells, n_seq, False
         params.n_batch = params.n_ubatch = max(self.n_batch, n_seq)
         try:
-            self._gen_ctx = _internals.LlamaContext(model=self._llm._model, params=params, verbose=False)
+            with _internals.suppress_stdout_stderr(disable=self.verbose):
+                self._gen_ctx = _internals.LlamaContext(model=self._llm._model, params=params, verbose=self.verbose)
         except ValueError as exc:
-            raise SlmkitError(f"{self.path}: llama.cpp could not make a {n_seq}-sequence context of {n_cells} cells ({exc})") from None
+            raise SlmkitError(f"{self.path}: llama.cpp could not make a {n_seq}-sequence context of {seq_cells} "
+                              f"cells each ({exc})") from None
         self._gen_batch = _internals.LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=1, verbose=False)
-        self._gen_shape = (n_seq, n_cells)
+        self._gen_shape = (n_seq, seq_cells)
         return self._gen_ctx.ctx
 
     def _decode_or_raise(self, ctx, batch, mem, what: str) -> None:
