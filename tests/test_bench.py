@@ -80,7 +80,7 @@ def test_bench_latency_torch(tiny, tmp_path):
     assert row["weight_bytes_per_token"] == 4 * n  # tied embedding: read once for the logits
     assert row["kv_bytes_per_token"] == int(2 * 2 * 2 * 16 * 4 * (24 + 8 / 2))
     bw = report["machine"]["bandwidth"]
-    assert bw["copy_gbps"] > 0.5 and len(bw["readings_copy_gbps"]) == 2
+    assert 0 < bw["copy_gbps"] < 10_000 and len(bw["readings_copy_gbps"]) == 2  # a measurement, not a speed target (it ran at 0.24 GB/s starved under nice 19)
     assert report["summary"][str(tiny)]["best_per_backend"]["torch"]["decode_tok_s"] == row["decode_tok_s"]
     _check_files(report)
 
