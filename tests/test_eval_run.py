@@ -27,7 +27,11 @@ def test_eval_cli_writes_results_reports_and_resumes(tiny_model, tmp_path, data_
     from slmkit.cli import main
 
     run = tmp_path / "run"
-    argv = ["eval", str(tiny_model), "--tasks", "arc_easy,hellaswag,gsm8k", "--limit", "2", "--out", str(run)]
+    import torch
+
+    threads = str(torch.get_num_threads())  # exercises --threads without slowing the rest of the session
+    argv = ["eval", str(tiny_model), "--tasks", "arc_easy,hellaswag,gsm8k", "--limit", "2", "--out", str(run),
+            "--threads", threads]
     assert main(argv) == 0
     rec = json.loads((run / "results.json").read_text())
     assert [s["name"] for s in rec["scores"]] == ["ARC-Easy", "HellaSwag", "GSM8K"]

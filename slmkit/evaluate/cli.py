@@ -20,6 +20,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--data", default="auto", choices=["auto", "local", "hub"],
                    help="documents from $SLMKIT_DATA/benchmarks (local), the Hub (hub) or local when present (auto)")
     p.add_argument("--batch-size", type=int, help="prompts decoded together in generation tasks (hf, gguf; default 8; 1 = one at a time) / lm-eval batch size (hf-stock)")
+    p.add_argument("--threads", type=int, help="CPU threads (hf, gguf, onnx); default: the runtime's own")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--no-cache", action="store_true", help="do not keep lm-eval's request cache (no resume)")
     p.set_defaults(func=_eval)
@@ -51,7 +52,7 @@ def _eval(args) -> int:
     limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
     record = run_eval(args.model, suite=args.suite, tasks=args.tasks, backend=args.backend or _backend_for(args.model),
                       limit=limit, out=args.out, data=args.data, seed=args.seed, batch_size=args.batch_size,
-                      use_cache=not args.no_cache)
+                      use_cache=not args.no_cache, threads=args.threads)
     for s in record["scores"]:
         v = "—" if s["value"] is None else f"{s['value']:.2f}"
         print(f"{s['name']:<16} {v:>7}  ({s['metric']}, n={s['n']}){'  † fallback' if s['fallback'] else ''}")

@@ -72,7 +72,7 @@ def build_tasks(entries: list[SuiteTask], data: str):
 def run_eval(model: str, suite: str | Suite = "xmodel13", tasks: str | list[str] | None = None, backend: str = "hf",
              limit: int | float | None = None, out: str | Path | None = None, data: str = "auto", seed: int = SEED,
              batch_size: int | None = None, use_cache: bool = True, lm=None, label: str | None = None,
-             write_reports: bool = True) -> dict:
+             write_reports: bool = True, threads: int | None = None) -> dict:
     """Evaluate `model` on the suite (or the chosen tasks); returns the results record (also written to `out`)."""
     import lm_eval
     from lm_eval.tasks import TaskManager  # noqa: F401 - import early: clear error if lm-eval is missing
@@ -88,7 +88,7 @@ def run_eval(model: str, suite: str | Suite = "xmodel13", tasks: str | list[str]
 
     datasets.disable_progress_bars()  # lm-eval's own bars (requests, model calls) stay
     tm, objects, leaves = build_tasks(entries, data)
-    lm = lm or make_lm(backend, model, batch_size)
+    lm = lm or make_lm(backend, model, batch_size, threads)
     t0 = time.time()
     res = lm_eval.simple_evaluate(
         model=lm, tasks=objects, task_manager=tm, limit=limit, log_samples=True, bootstrap_iters=1000,
