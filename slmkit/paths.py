@@ -50,6 +50,20 @@ def _umask() -> int:
     return mask
 
 
+def read_json(path: str | os.PathLike, missing: str = "missing") -> Any:
+    """A JSON file's content, or one SlmkitError line naming the file: `{path}: {missing}` when absent,
+    `{path}: corrupt JSON (reason, line N)` when unreadable."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SlmkitError(f"{path}: {missing}") from None
+    except json.JSONDecodeError as exc:
+        raise SlmkitError(f"{path}: corrupt JSON ({exc.msg}, line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise SlmkitError(f"{path}: corrupt JSON (not UTF-8 text)") from None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write via a temp file in the same folder, then rename: readers never see half a file."""
     path = Path(path)

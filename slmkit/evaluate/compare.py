@@ -6,22 +6,16 @@ file size and the evaluation wall time (and tokens/s when a benchmark recorded i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from slmkit.errors import SlmkitError
-from slmkit.paths import atomic_write_text
+from slmkit.paths import atomic_write_text, read_json
 
 
 def load_run(path: str | Path) -> dict:
     path = Path(path)
     file = path / "results.json" if path.is_dir() else path
-    if not file.exists():
-        raise SlmkitError(f"{file}: missing (not an eval run folder)")
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise SlmkitError(f"{file}: corrupt JSON ({exc.msg}, line {exc.lineno})") from None
+    return read_json(file, missing="missing (not an eval run folder)")
 
 
 def _size(run: dict) -> int | None:

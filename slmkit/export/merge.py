@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from slmkit.errors import SlmkitError
-from slmkit.paths import atomic_dir, atomic_write_json, sha256_file
+from slmkit.paths import atomic_dir, atomic_write_json, read_json, sha256_file
 
 # config fields that never change what the weights mean
 _IGNORED_HF_FIELDS = {"transformers_version", "_name_or_path", "torch_dtype", "dtype", "use_cache", "name_or_path",
@@ -101,12 +101,7 @@ def _weight_files(folder: Path, kind: str) -> list[Path]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SlmkitError(f"{path}: missing") from None
-    except json.JSONDecodeError as exc:
-        raise SlmkitError(f"{path}: invalid JSON ({exc.msg}, line {exc.lineno})") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise SlmkitError(f"{path}: expected a JSON object")
     return data
@@ -358,7 +353,6 @@ def _combine(recipe: Recipe, tensors: list, base_tensor):
 def merge(recipe: Recipe, out_dir: str | Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
           check_tokenizer: bool = True, progress: bool = True) -> Path:
     """Run a recipe into `out_dir` (atomically), in the format of the first model. Returns out_dir."""
-    import torch
     from safetensors import safe_open
 
     if not recipe.models:

@@ -6,7 +6,6 @@ loading checks every file and names the one that is missing, corrupt or mismatch
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,7 +14,7 @@ import torch
 from slmkit.errors import SlmkitError
 from slmkit.model.config import ModelConfig
 from slmkit.model.transformer import Transformer
-from slmkit.paths import atomic_dir, atomic_write_json, sha256_file
+from slmkit.paths import atomic_dir, atomic_write_json, read_json, sha256_file
 
 FORMAT = "slmkit-checkpoint"
 FORMAT_VERSION = 1
@@ -68,12 +67,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     if not path.is_dir():
         raise SlmkitError(f"{path}: checkpoint folder not found")
     meta_path = path / META_FILE
-    if not meta_path.exists():
-        raise SlmkitError(f"{meta_path}: missing (not an slmkit checkpoint folder)")
-    try:
-        record = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SlmkitError(f"{meta_path}: corrupt JSON ({exc})") from None
+    record = read_json(meta_path, missing="missing (not an slmkit checkpoint folder)")
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise SlmkitError(f"{meta_path}: field 'format' must be '{FORMAT}'")
     if record.get("format_version", 0) > FORMAT_VERSION:

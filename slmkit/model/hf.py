@@ -11,7 +11,6 @@ style µP configs (multipliers applied in forward, weights unfolded) into the na
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import torch
 from slmkit.errors import SlmkitError
 from slmkit.model.config import ModelConfig
 from slmkit.model.transformer import Transformer
-from slmkit.paths import atomic_dir, atomic_write_json
+from slmkit.paths import atomic_dir, atomic_write_json, read_json
 
 HF_PREFIX = "model."
 
@@ -106,15 +105,6 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path
 # import
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SlmkitError(f"{path}: missing") from None
-    except json.JSONDecodeError as exc:
-        raise SlmkitError(f"{path}: invalid JSON ({exc.msg}, line {exc.lineno})") from None
-
-
 def _rope_theta(hf: dict[str, Any]) -> float:
     params = hf.get("rope_parameters") or {}
     scaling = hf.get("rope_scaling") or {}
@@ -178,7 +168,7 @@ def _load_hf_tensors(folder: Path) -> dict[str, torch.Tensor]:
     if single.exists():
         files = [single]
     elif index.exists():
-        weight_map = _read_json(index).get("weight_map", {})
+        weight_map = read_json(index).get("weight_map", {})
         files = [folder / name for name in sorted(set(weight_map.values()))]
     elif (folder / "pytorch_model.bin").exists():
         return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
@@ -202,7 +192,7 @@ def import_hf(folder: str | Path) -> Transformer:
     folder = Path(folder)
     if not folder.is_dir():
         raise SlmkitError(f"{folder}: model folder not found")
-    cfg = config_from_hf(_read_json(folder / "config.json"), source=str(folder / "config.json"))
+    cfg = config_from_hf(read_json(folder / "config.json"), source=str(folder / "config.json"))
     raw = _load_hf_tensors(folder)
     tensors = {}
     for key, value in raw.items():

@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from slmkit.errors import SlmkitError
-from slmkit.paths import atomic_write_bytes, atomic_write_json, sha256_file
+from slmkit.paths import atomic_write_bytes, atomic_write_json, read_json, sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT = "slmkit-tokens"
@@ -188,12 +188,7 @@ def _progress(enabled: bool):
 
 def read_manifest(prepared_dir: str | Path) -> dict:
     path = Path(prepared_dir) / MANIFEST
-    if not path.exists():
-        raise SlmkitError(f"{path}: missing (run `slmkit data prepare` first)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise SlmkitError(f"{path}: corrupt JSON ({exc.msg})") from None
+    manifest = read_json(path, missing="missing (run `slmkit data prepare` first)")
     if manifest.get("format") != FORMAT:
         raise SlmkitError(f"{path}: field 'format' must be '{FORMAT}'")
     return manifest
