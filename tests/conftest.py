@@ -33,3 +33,14 @@ def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tok")
     train_bpe(training_texts(2000, seed=0), 512, out)
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test, restored afterwards (small CPU runs stay deterministic and cheap)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -6,17 +6,11 @@ import argparse
 import json
 
 import pytest
-import torch
 
 from slmkit.train.cli import add_commands, main
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small CPU training runs, one torch thread
 
 
 def test_add_commands_registers_handlers():

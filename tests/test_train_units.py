@@ -14,12 +14,7 @@ from slmkit.train.config import load_config
 from slmkit.train.schedule import Schedule
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small CPU training runs, one torch thread
 
 
 @pytest.fixture(scope="module")
