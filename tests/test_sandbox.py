@@ -19,8 +19,8 @@ from types import SimpleNamespace
 import pytest
 
 from slmkit.errors import SlmkitError
-from slmkit.evaluate import sandbox
-from slmkit.evaluate.sandbox import check_program, run_checked, run_many, run_program
+from slmkit.sandbox import runner as sandbox
+from slmkit.sandbox import check_program, run_checked, run_many, run_program
 
 LIMITS = dict(memory_mb=256, max_procs=16, max_file_mb=4, max_output_bytes=4096)
 TIMEOUT = 2.0

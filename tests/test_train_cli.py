@@ -48,7 +48,7 @@ def test_data_prepare_cli(tmp_path, capsys):
 
 
 def test_coord_check_mup_flatter_than_sp(tmp_path):
-    from slmkit.train.mup_tools import coord_check
+    from slmkit.train.experiments.mup_tools import coord_check
 
     res = coord_check(tmp_path, widths=(32, 128), steps=2, batch_size=4, seq_len=32)
     assert (tmp_path / "coord_check.png").exists() and (tmp_path / "coord_check.json").exists()

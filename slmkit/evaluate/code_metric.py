@@ -21,7 +21,7 @@ TIMEOUT_S = 3.0  # code_eval's default per-program timeout
 
 def _sandbox():
     try:
-        from slmkit.evaluate import sandbox
+        from slmkit import sandbox
     except ImportError as exc:
         raise SlmkitError(f"code execution needs slmkit.evaluate.sandbox, which is not available ({exc})") from None
     return sandbox

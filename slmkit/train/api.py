@@ -24,20 +24,15 @@ def train(config: dict | str | Path, run_dir: str | Path, *, resume: bool | str 
 
 
 def preset_path(name: str) -> Path:
-    """configs/train/<name>.yaml shipped with the repository (e.g. 'nano-demo')."""
-    from slmkit.errors import SlmkitError
+    """The recipe `slmkit/train/recipes/<name>.yaml` shipped inside the package (e.g. 'nano-demo')."""
+    from slmkit.train.config import recipe_path
 
-    root = Path(__file__).resolve().parents[2] / "configs" / "train"
-    path = root / f"{name}.yaml"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in root.glob("*.yaml")))
-        raise SlmkitError(f"unknown training preset '{name}' (known: {known})")
-    return path
+    return recipe_path(name)
 
 
 def demo_config(tokenizer_dir: str | Path | None = None, quick: bool = False, vocab_size: int | str = "auto",
                 steps: int | None = None) -> dict:
-    """The `slmkit demo` training config (configs/train/nano-demo.yaml) pointed at the caller's tokenizer.
+    """The `slmkit demo` training config (recipe nano-demo) pointed at the caller's tokenizer.
 
     quick: a seconds-long smoke version (same recipe: WSD + AdamW→Muon at decay, few steps).
     steps: override the step count (700 ≈ 3 min on 2 idle cores, held-out ≈ trivial baseline;

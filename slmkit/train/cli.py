@@ -86,7 +86,7 @@ def cmd_data_prepare(args) -> int:
 
 
 def cmd_coord_check(args) -> int:
-    from slmkit.train.mup_tools import coord_check
+    from slmkit.train.experiments.mup_tools import coord_check
 
     res = coord_check(Path(args.out), widths=args.widths, steps=args.steps, seed=args.seed)
     print(json.dumps({k: v for k, v in res.items() if k != "records"}, indent=2))
@@ -94,7 +94,7 @@ def cmd_coord_check(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from slmkit.train.mup_tools import lr_sweep
+    from slmkit.train.experiments.mup_tools import lr_sweep
 
     res = lr_sweep(Path(args.out), widths=args.widths, lrs=args.lrs, steps=args.steps, seed=args.seed)
     print(res["table"])
@@ -102,7 +102,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_repro(args) -> int:
-    from slmkit.train import repro
+    from slmkit.train.experiments import repro
 
     names = list(repro.EXPERIMENTS) if args.which == "all" else [args.which]
     for name in names:
@@ -113,7 +113,7 @@ def cmd_repro(args) -> int:
 
 def add_commands(sub) -> None:
     p = sub.add_parser("train", help="train a model from a YAML config (single process or under torchrun)")
-    p.add_argument("config", help="training config YAML (see configs/train/)")
+    p.add_argument("config", help="training config YAML, or a shipped recipe name (nano-demo, proxy-20m, xmodel2.5-1.3b)")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="continue from the latest checkpoint in --out, or from the given checkpoint folder")
     p.add_argument("--out", help="run folder (default runs/<name>)")

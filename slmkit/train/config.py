@@ -109,12 +109,32 @@ def apply_override(cfg: dict, assignment: str, source: str = "--set") -> None:
     set_dotted(cfg, key, parse_value(raw))
 
 
+def recipes() -> list[str]:
+    """Names of the training recipes shipped as package data (slmkit/train/recipes/*.yaml)."""
+    from importlib import resources
+
+    return sorted(p.name[:-5] for p in resources.files("slmkit.train").joinpath("recipes").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def recipe_path(name: str) -> Path:
+    """The file of a shipped recipe; found through importlib.resources so a wheel install has it too."""
+    from importlib import resources
+
+    path = Path(str(resources.files("slmkit.train").joinpath("recipes", f"{name}.yaml")))
+    if not path.is_file():
+        raise SlmkitError(f"unknown training recipe '{name}' (known: {', '.join(recipes())}; or a path to a YAML file)")
+    return path
+
+
 def load_config(config: dict | str | Path, overrides: list[str] | dict | None = None) -> tuple[dict, str]:
-    """(validated config dict, source name for messages)."""
+    """(validated config dict, source name for messages). `config`: a dict, a YAML path or a recipe name."""
     if isinstance(config, (str, Path)):
         path = Path(config)
+        if not path.exists() and not path.suffix and len(path.parts) == 1:
+            path = recipe_path(str(config))
         if not path.exists():
-            raise SlmkitError(f"{path}: training config not found")
+            raise SlmkitError(f"{path}: training config not found (shipped recipes: {', '.join(recipes())})")
         import yaml
 
         try:

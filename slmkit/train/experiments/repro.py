@@ -175,7 +175,7 @@ def fp8_gap(out: Path, quick: bool = False) -> dict:
 
 
 def mup_transfer(out: Path, quick: bool = False) -> dict:
-    from slmkit.train.mup_tools import lr_sweep
+    from slmkit.train.experiments.mup_tools import lr_sweep
 
     if quick:
         res = lr_sweep(out, widths=(32, 64), lrs=(1e-3, 1e-2), steps=6)

@@ -1,0 +1,1 @@
+"""Small fidelity experiments of the recipe's claims: `slmkit repro ...` and the µP tools (`slmkit mup ...`)."""
