@@ -1,28 +1,12 @@
-"""Held-out exact-match accuracy on the synthetic corpus (greedy decoding, prompt after an EOS,
-as documents follow an end-of-text token in the packed training stream)."""
+"""Held-out exact match during and after training, through the one scorer (slmkit.corpus.heldout)."""
 
 from __future__ import annotations
 
-import torch
 
-
-@torch.no_grad()
 def evaluate_synthetic(model, tokenizer, n: int = 100, max_new_tokens: int = 48) -> dict:
-    from slmkit.corpus.synthetic import heldout_problems, score_exact_match, trivial_baseline
+    from slmkit.corpus.heldout import evaluate, model_generator
 
-    problems = heldout_problems(n)
-    was_training = model.training
-    model.eval()
-    eos = tokenizer.eos_token_id
-    completions = []
-    for p in problems:
-        ids = [eos] + tokenizer.encode(p.prompt(), add_special_tokens=False)
-        out = list(model.generate(ids, max_new_tokens=max_new_tokens, eos_id=eos))
-        completions.append(tokenizer.decode([t for t in out if t != eos]))
-    model.train(was_training)
-    score = score_exact_match(problems, completions)
-    base = trivial_baseline(problems)
-    return {"accuracy": score["accuracy"], "n": score["n"], "parsed": score["parsed"],
-            "per_level": score["per_level"], "baseline": base["accuracy"], "baseline_rule": base["best"],
-            "examples": [{"prompt": p.prompt(), "completion": c, "answer": p.answer}
-                         for p, c in zip(problems[:3], completions[:3])]}
+    result = evaluate(model_generator(model, tokenizer.eos_token_id), tokenizer, n, max_new_tokens)
+    return {"accuracy": result["accuracy"], "n": result["n"], "parsed": result["parsed"],
+            "per_level": result["per_level"], "baseline": result["baseline_accuracy"],
+            "baseline_rule": result["baseline_rule"], "examples": result["samples"][:3]}
