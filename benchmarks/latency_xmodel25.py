@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from slmkit.serve.bench import bench_latency
+from slmkit.bench.latency import bench_latency
 
 
 def main() -> int:

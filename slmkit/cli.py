@@ -1,4 +1,5 @@
-"""`slmkit <stage> ...`: one entry point; each stage registers its own subcommands."""
+"""`slmkit <command> ...`: one entry point. Each stage package's `cli.add_commands(subparsers)` adds its
+commands; this table is the only place they are listed (a new stage adds one line here)."""
 
 from __future__ import annotations
 
@@ -9,45 +10,25 @@ import sys
 from slmkit import __version__
 from slmkit.errors import SlmkitError
 
-# (module, function) pairs; each function takes the top-level subparsers and adds its commands.
-STAGE_COMMANDS = [
-    ("slmkit.core_cli", "add_commands"),          # demo, export hf, tokenizer train, generate, info
-    ("slmkit.train.cli", "add_commands"),         # train, data prepare, mup, repro
-    ("slmkit.export.cli", "add_models_commands"),  # models pull/list
-    ("slmkit.export.merge_cli", "add_merge_commands"),
-    ("slmkit.evaluate.cli", "add_commands"),      # eval, eval compare
-    ("slmkit.serve.cli", "add_commands"),         # bench latency/shapes
+STAGES = [
+    "slmkit.demo.cli",       # demo
+    "slmkit.model.cli",      # tokenizer train
+    "slmkit.train.cli",      # train, data prepare, mup, repro
+    "slmkit.export.cli",     # export hf|gguf|onnx
+    "slmkit.hub.cli",        # models pull|list
+    "slmkit.serve.cli",      # generate
+    "slmkit.evaluate.cli",   # eval, eval compare
+    "slmkit.bench.cli",      # bench latency|shapes
+    "slmkit.merge.cli",      # merge, merge sweep
 ]
-# export subcommands hang under `slmkit export`
-EXPORT_COMMANDS = [
-    ("slmkit.core_cli", "add_export_commands"),   # export hf
-    ("slmkit.export.cli", "add_gguf_commands"),
-    ("slmkit.export.onnx_cli", "add_onnx_commands"),
-]
-
-
-def _register(target, table) -> None:
-    for module_name, func_name in table:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and (exc.name == module_name or module_name.startswith(exc.name + ".")):
-                continue  # stage not part of this install
-            raise
-        func = getattr(module, func_name, None)
-        if func is not None:
-            func(target)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slmkit", description="Train, evaluate, export and serve small reasoning LMs.")
     parser.add_argument("--version", action="version", version=f"slmkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    export = sub.add_parser("export", help="export a checkpoint: hf, gguf, onnx")
-    export_sub = export.add_subparsers(dest="export_format", metavar="FORMAT")
-    export.set_defaults(func=lambda args: (export.print_help(), 2)[1])
-    _register(export_sub, EXPORT_COMMANDS)
-    _register(sub, STAGE_COMMANDS)
+    for module_name in STAGES:
+        importlib.import_module(module_name).add_commands(sub)  # cli modules import only argparse at top level
     return parser
 
 

@@ -29,14 +29,6 @@ def data_dir(required: bool = True) -> Path | None:
     return path
 
 
-def data_path(*parts: str) -> Path:
-    """A path under the data root that must exist; the error names the path and the setting."""
-    path = data_dir().joinpath(*parts)
-    if not path.exists():
-        raise SlmkitError(f"missing data file {path} (set {DATA_ENV} to the folder that holds {'/'.join(parts)})")
-    return path
-
-
 def cache_dir() -> Path:
     """Cache for pulled models and built artifacts (setting SLMKIT_CACHE, default ~/.cache/slmkit)."""
     path = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "slmkit").expanduser()
@@ -64,23 +56,48 @@ def read_json(path: str | os.PathLike, missing: str = "missing") -> Any:
         raise SlmkitError(f"{path}: corrupt JSON (not UTF-8 text)") from None
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write via a temp file in the same folder, then rename: readers never see half a file."""
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file, or a directory's entries, to disk (a rename is durable only once its folder is synced)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | os.PathLike) -> None:
+    """fsync every file and folder under `root`, then `root` itself (before renaming it into place)."""
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            fsync_path(os.path.join(folder, name))
+        fsync_path(folder)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """A temp path beside `path` for a writer that wants a file name (gguf-py, llama.cpp, safetensors);
+    on success it is fsynced and renamed over `path`, on error removed. Readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        fsync_path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the permissions a plain open() would
         os.replace(tmp, path)
+        fsync_path(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write via a temp file in the same folder, then rename: readers never see half a file."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -99,6 +116,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        fsync_tree(tmp)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -107,6 +125,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+        fsync_path(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

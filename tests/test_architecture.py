@@ -14,8 +14,9 @@ PKG = Path(__file__).resolve().parents[1] / "slmkit"
 
 LAYERS = [
     {"errors", "paths", "plots"},
+    {"corpus"},
     {"model"},
-    {"formats", "corpus", "sandbox"},
+    {"formats", "sandbox"},
     {"serve", "hub"},
     {"export", "evaluate", "train", "merge", "agents"},
     {"app"},

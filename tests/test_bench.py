@@ -1,4 +1,4 @@
-"""Latency bench (slmkit.serve.bench*): end-to-end runs on a tiny model, bound arithmetic, shape sweep, CLI.
+"""Latency bench (slmkit.bench.latency*): end-to-end runs on a tiny model, bound arithmetic, shape sweep, CLI.
 
 No timing assertions: the machine is shared; we check that every number is present and sane.
 """
@@ -69,7 +69,7 @@ def _check_files(report: dict) -> None:
 
 
 def test_bench_latency_torch(tiny, tmp_path):
-    from slmkit.serve.bench import bench_latency
+    from slmkit.bench.latency import bench_latency
 
     report = bench_latency([tiny], "torch", prompt_tokens=24, new_tokens=8, repeats=2, threads=1,
                            out_dir=tmp_path / "out", progress=False, bandwidth_mb=64)
@@ -88,7 +88,7 @@ def test_bench_latency_torch(tiny, tmp_path):
 @pytest.mark.skipif(not (HAS_LLAMA and HAS_ORT), reason="llama-cpp-python / onnxruntime not installed")
 def test_bench_latency_llamacpp_and_onnx(tiny, tmp_path):
     from slmkit.export.onnx import export_onnx
-    from slmkit.serve.bench import bench_latency
+    from slmkit.bench.latency import bench_latency
 
     # an ONNX folder is benchmarked as it is (TorchScript exporter: 4x faster to build than dynamo here)
     onnx_dir = tmp_path / "onnx"
@@ -115,7 +115,7 @@ def test_bench_latency_llamacpp_and_onnx(tiny, tmp_path):
 
 def test_bound_arithmetic(tiny, tmp_path):
     from slmkit.model.hf import export_hf
-    from slmkit.serve.bench_bound import decode_bound, inspect_artifact
+    from slmkit.bench.bound import decode_bound, inspect_artifact
 
     info = inspect_artifact(tiny, "torch")
     assert (info.n_layers, info.n_kv_heads, info.head_dim, info.kv_dtype_bytes) == (2, 2, 16, 4)
@@ -131,7 +131,7 @@ def test_bound_arithmetic(tiny, tmp_path):
 
 
 def test_shape_configs_have_equal_size():
-    from slmkit.serve.bench_shapes import parse_count, shape_config
+    from slmkit.bench.shapes import parse_count, shape_config
 
     assert parse_count("20M") == 20_000_000 and parse_count("1.3B") == 1_300_000_000
     sizes = [shape_config(20_000_000, L, 32000).num_params() for L in (4, 8, 16, 32)]
@@ -143,7 +143,7 @@ def test_shape_configs_have_equal_size():
 
 
 def test_bench_shapes_end_to_end(cache, tmp_path):
-    from slmkit.serve.bench_shapes import bench_shapes
+    from slmkit.bench.shapes import bench_shapes
 
     report = bench_shapes("1M", depths=[2, 6], vocab_size=320, prompt_tokens=8, new_tokens=4, repeats=1, threads=1,
                           out_dir=tmp_path / "shapes", progress=False, bandwidth_mb=64)
@@ -155,8 +155,8 @@ def test_bench_shapes_end_to_end(cache, tmp_path):
 
 
 def test_cli_and_errors(tiny, tmp_path, capsys):
-    from slmkit.serve.bench import bench_latency
-    from slmkit.serve.cli import add_commands
+    from slmkit.bench.latency import bench_latency
+    from slmkit.bench.cli import add_commands
 
     parser = argparse.ArgumentParser(prog="slmkit")
     add_commands(parser.add_subparsers())

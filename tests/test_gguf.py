@@ -13,7 +13,8 @@ gguf = pytest.importorskip("gguf")
 
 from slmkit.corpus.synthetic import training_texts  # noqa: E402
 from slmkit.errors import SlmkitError  # noqa: E402
-from slmkit.export.gguf import export_gguf, open_gguf, permute_rope, tensor_types, unpermute_rope  # noqa: E402
+from slmkit.export.gguf import export_gguf  # noqa: E402
+from slmkit.formats.gguf import open_gguf, permute_rope, tensor_types, unpermute_rope  # noqa: E402
 from slmkit.model.checkpoint import save_checkpoint  # noqa: E402
 from slmkit.model.config import ModelConfig  # noqa: E402
 from slmkit.model.tokenizer import train_bpe  # noqa: E402

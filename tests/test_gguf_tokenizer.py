@@ -20,7 +20,8 @@ llama_cpp = pytest.importorskip("llama_cpp")
 pytest.importorskip("gguf")
 
 from slmkit.errors import SlmkitError  # noqa: E402
-from slmkit.export.gguf import detect_pre, export_gguf, hf_tokenizer_from_gguf, open_gguf  # noqa: E402
+from slmkit.export.gguf import export_gguf  # noqa: E402
+from slmkit.formats.gguf import detect_pre, hf_tokenizer_from_gguf, open_gguf  # noqa: E402
 from slmkit.model.checkpoint import save_checkpoint  # noqa: E402
 from slmkit.model.config import ModelConfig  # noqa: E402
 from slmkit.model.tokenizer import load_tokenizer, save_tokenizer, train_bpe  # noqa: E402

@@ -1,4 +1,4 @@
-"""Model interpolation / task arithmetic (slmkit.export.merge) and the `slmkit merge` commands."""
+"""Model interpolation / task arithmetic (slmkit.merge) and the `slmkit merge` commands."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from slmkit.errors import SlmkitError
-from slmkit.export.merge import interpolation, iter_tensors, merge, open_model, parse_lambdas, task_arithmetic
-from slmkit.export.merge_cli import add_merge_commands
+from slmkit.merge.core import interpolation, iter_tensors, merge, open_model, parse_lambdas, task_arithmetic
+from slmkit.merge.cli import add_commands as add_merge_commands
 from slmkit.model.checkpoint import load_checkpoint, save_checkpoint
 from slmkit.model.config import ModelConfig
 from slmkit.model.hf import export_hf, import_hf
@@ -178,7 +178,7 @@ def test_cli_sweep_builtin_and_command(ckpts, tmp_path):
 RSS_SCRIPT = """
 import resource, sys, json
 import torch, safetensors.torch
-from slmkit.export.merge import interpolation, merge
+from slmkit.merge.core import interpolation, merge
 def status(field):
     for line in open("/proc/self/status"):
         if line.startswith(field + ":"):

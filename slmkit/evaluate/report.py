@@ -86,10 +86,9 @@ def chart_png(record: dict) -> bytes:
     """Grouped bars: this run beside the published models, per task and the average."""
     import io
 
-    import matplotlib
+    from slmkit.plots import png_bytes, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     pub = published()
@@ -107,11 +106,7 @@ def chart_png(record: dict) -> bytes:
     ax.set_ylabel("score (%)")
     ax.legend(fontsize=8)
     ax.set_title(record.get("label", "evaluation"))
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=110)
 
 
 def write_all(record: dict, out: str | Path) -> dict[str, Path]:

@@ -1,16 +1,50 @@
-"""CLI: `slmkit export gguf ...` and `slmkit models pull|list` (the lead wires these into slmkit.cli)."""
+"""`slmkit export hf|gguf|onnx MODEL OUT`: each export checked against the torch fp32 model before it is kept."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from slmkit.errors import SlmkitError
+
 
 def _fmt_bytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def add_gguf_commands(export_subparsers) -> None:
+def add_commands(subparsers) -> None:
+    export = subparsers.add_parser("export", help="export a checkpoint: hf, gguf, onnx")
+    sub = export.add_subparsers(dest="export_format", metavar="FORMAT")
+    export.set_defaults(func=lambda args: (export.print_help(), 2)[1])
+    add_hf_command(sub)
+    add_gguf_command(sub)
+    add_onnx_command(sub)
+
+
+def add_hf_command(export_sub) -> None:
+    p = export_sub.add_parser("hf", help="write a plain Hugging Face LlamaForCausalLM folder (µP folded in)")
+    p.add_argument("model", help="slmkit checkpoint folder or HF Llama folder")
+    p.add_argument("out")
+    p.add_argument("--no-parity", action="store_true", help="skip the stock-transformers logit check")
+    p.add_argument("--tolerance", type=float, default=1e-5, help="max relative logit error allowed")
+    p.set_defaults(func=_export_hf)
+
+
+def _export_hf(args) -> int:
+    from slmkit.export.parity import check_hf_parity
+    from slmkit.model.hf import export_hf, load_any, tokenizer_dir_of
+
+    model = load_any(args.model)
+    out = export_hf(model, args.out, tokenizer_dir_of(args.model))
+    print(f"wrote {out}")
+    if not args.no_parity:
+        report = check_hf_parity(model, out, tolerance=args.tolerance)
+        print(f"parity: max relative logit error {report['max_rel_error']:.2e} (≤ {args.tolerance:g}), "
+              f"top-1 agreement {report['top1_agreement']:.4f}")
+    return 0
+
+
+def add_gguf_command(export_subparsers) -> None:
     from slmkit.export.gguf import DIRECT_TYPES
     from slmkit.export.quantize import QUANT_TYPES
 
@@ -57,34 +91,78 @@ def _run_export_gguf(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_models_commands(subparsers) -> None:
-    models = subparsers.add_parser("models", help="pull pretrained small models into the cache")
-    sub = models.add_subparsers(dest="models_command", metavar="ACTION")
-    models.set_defaults(func=lambda args: (models.print_help(), 2)[1])
-    pull = sub.add_parser("pull", help="download + verify a model's GGUF and dequantize it to an fp32 HF folder")
-    pull.add_argument("name", help="model name (see `slmkit models list`)")
-    pull.add_argument("--cache", default=None, help="cache folder (default: SLMKIT_CACHE or ~/.cache/slmkit)")
-    pull.add_argument("--no-hf", action="store_true", help="only fetch the GGUF, skip the HF folder")
-    pull.set_defaults(func=_run_pull)
-    lst = sub.add_parser("list", help="known models and whether they are cached")
-    lst.add_argument("--cache", default=None)
-    lst.set_defaults(func=_run_list)
+BOUND_HELP = "int8 parity bound KEY=VALUE (max_rel_err, min_top1, max_ppl_ratio, max_mean_kl; 'none' drops it); repeatable"
 
 
-def _run_pull(args: argparse.Namespace) -> int:
-    from slmkit.hub import pull
+def add_onnx_command(export_subparsers) -> None:
+    p = export_subparsers.add_parser(
+        "onnx", help="ONNX decoder with KV cache (ONNX Runtime / optimum names), parity-gated",
+        description="Export an slmkit checkpoint or HF Llama folder to OUTDIR/model.onnx (+ config.json, tokenizer, "
+                    "slmkit_onnx.json, parity.json). The float graph must match torch fp32 within 1e-4 relative; "
+                    "--int8 adds int8 weights gated by top-1/perplexity bounds.")
+    p.add_argument("model", help="slmkit checkpoint folder or HF Llama folder")
+    p.add_argument("outdir", help="output folder (replaced atomically after the parity gate passes)")
+    p.add_argument("--int8", action="store_true", help="int8 weights for every MatMul (see --int8-method)")
+    p.add_argument("--int8-method", choices=("blockwise", "dynamic"), default="blockwise",
+                   help="blockwise: 8-bit MatMulNBits, blocks of 32 (default, accurate); dynamic: quantize_dynamic "
+                        "(faster, but loses accuracy on models with outlier activations)")
+    p.add_argument("--per-tensor", action="store_true", help="--int8-method dynamic: one weight scale per tensor")
+    p.add_argument("--bound", action="append", default=[], metavar="KEY=VALUE", help=BOUND_HELP)
+    p.add_argument("--parity-text", default=None, metavar="FILE",
+                   help="gate on this UTF-8 text (in-domain held-out text) instead of the built-in generic passage")
+    p.add_argument("--no-parity", action="store_true", help="skip the parity gate (not recommended)")
+    p.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto",
+                   help="torch.onnx exporter: dynamo, falling back to TorchScript (default auto)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset for the dynamo exporter (default 18)")
+    p.set_defaults(func=run_onnx_export)
 
-    info = pull(args.name, cache=args.cache, hf=not args.no_hf)
-    print(f"{info['name']}: gguf {info['gguf']} (sha256 ok, from {info['source']})")
-    if "hf_dir" in info:
-        print(f"{info['name']}: hf   {info['hf_dir']}")
-    return 0
+
+def parse_bounds(items: list[str]) -> dict[str, float | None]:
+    from slmkit.export.parity import BOUND_KEYS
+
+    bounds: dict[str, float | None] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in BOUND_KEYS:
+            raise SlmkitError(f"--bound {item!r}: expected KEY=VALUE with KEY one of {', '.join(BOUND_KEYS)}")
+        if value.strip().lower() in ("none", "off"):
+            bounds[key] = None
+            continue
+        try:
+            bounds[key] = float(value)
+        except ValueError:
+            raise SlmkitError(f"--bound {item!r}: value {value!r} is not a number") from None
+    return bounds
 
 
-def _run_list(args: argparse.Namespace) -> int:
-    from slmkit.hub import list_models
+def run_onnx_export(args: argparse.Namespace) -> int:
+    from slmkit.export.onnx import export_onnx
 
-    for row in list_models(args.cache):
-        state = "cached" if row["cached"] else "not pulled"
-        print(f"{row['name']:<24} {state:<11} {row['about']}")
+    bounds = parse_bounds(args.bound)
+    if bounds and not args.int8:
+        raise SlmkitError("--bound applies to --int8 exports; the float export is always gated at 1e-4 relative")
+    batches = None
+    if args.parity_text:
+        from pathlib import Path
+
+        from slmkit.export.onnx import text_batches
+
+        path = Path(args.parity_text)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SlmkitError(f"{path}: cannot read parity text ({exc.__class__.__name__})") from None
+        batches = text_batches(args.model, text)
+    record = export_onnx(args.model, args.outdir, int8=args.int8, parity=not args.no_parity, bounds=bounds,
+                         exporter=args.exporter, per_channel=not args.per_tensor, opset=args.opset,
+                         parity_batches=batches, int8_method=args.int8_method)
+    line = f"wrote {args.outdir}/model.onnx ({record['dtype']}, {record['exporter']} exporter, {record['seconds']}s)"
+    if "parity" in record:
+        par, kv = record["parity"], record["kv_cache"]
+        line += (f"; parity passed: max rel err {par['max_rel_err']:.2e}, top-1 {par['top1_agreement']:.4f}, "
+                 f"ppl ratio {par['ppl_ratio']:.4f}; KV-cache path rel err {kv['max_rel_err']:.2e}")
+    else:
+        line += "; parity gate skipped"
+    print(line)
     return 0

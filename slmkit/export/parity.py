@@ -1,4 +1,7 @@
-"""Parity gate shared by every exporter: an exported runtime must reproduce the torch fp32 model.
+"""The one parity gate: every exported artifact must reproduce the torch fp32 model.
+
+HF folders are checked with stock transformers (`check_hf_parity`); GGUF and ONNX runtimes through
+their `logits()` (`run_parity`).
 
 Same token ids go through the native model (fp32) and the runtime's `logits()`. We measure
   max relative logit error  max|a-b| / max|a|   (worst batch),
@@ -221,3 +224,24 @@ def heldout_token_batches(tokenizer=None, vocab_size: int | None = None, n_batch
         rng = np.random.default_rng(seed)
         batches = [rng.integers(0, vocab_size, size=seq_len).tolist() for _ in range(n_batches)]
     return batches
+
+
+def check_hf_parity(model, hf_dir: str | Path, tolerance: float = 1e-5, seq_len: int = 48,
+                    batch: int = 2, seed: int = 0) -> dict:
+    """An exported HF folder run by *stock* transformers (no custom code) against the native model: max
+    relative logit error and top-1 agreement on random token ids; raises past `tolerance`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.cfg.vocab_size, (batch, min(seq_len, model.cfg.max_seq_len)), generator=gen)
+    hf = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    with torch.no_grad():
+        ours = model.float().eval()(ids)
+        theirs = hf(ids).logits.float()
+    rel = float((ours - theirs).abs().max() / ours.abs().max().clamp_min(1e-30))
+    top1 = float((ours.argmax(-1) == theirs.argmax(-1)).float().mean())
+    report = {"max_rel_error": rel, "top1_agreement": top1, "tolerance": tolerance, "tokens": int(ids.numel())}
+    if not rel <= tolerance:
+        raise SlmkitError(f"{hf_dir}: HF export parity failed: max relative logit error {rel:.3e} > {tolerance:g}")
+    return report

@@ -24,7 +24,9 @@ CHATML_TEMPLATE = (
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 
 
-def _tokenizer_json(folder: Path) -> Path:
+def tokenizer_json_path(folder: str | Path) -> Path:
+    """The folder's tokenizer.json; a gzipped one (shared data ships some) is unpacked once into the cache."""
+    folder = Path(folder)
     plain, gz = folder / "tokenizer.json", folder / "tokenizer.json.gz"
     if plain.exists():
         return plain
@@ -41,6 +43,13 @@ def _tokenizer_json(folder: Path) -> Path:
     raise SlmkitError(f"{folder}: no tokenizer.json (or tokenizer.json.gz) found")
 
 
+def read_tokenizer_json(folder: str | Path) -> dict:
+    """The parsed tokenizer.json of a folder (one-line error naming the file when it is unreadable)."""
+    from slmkit.paths import read_json
+
+    return read_json(tokenizer_json_path(folder))
+
+
 def load_tokenizer(folder: str | Path):
     """A PreTrainedTokenizerFast from a folder with tokenizer.json (+ tokenizer_config.json)."""
     from transformers import PreTrainedTokenizerFast
@@ -48,7 +57,7 @@ def load_tokenizer(folder: str | Path):
     folder = Path(folder)
     if not folder.is_dir():
         raise SlmkitError(f"{folder}: tokenizer folder not found")
-    tok_json = _tokenizer_json(folder)
+    tok_json = tokenizer_json_path(folder)
     kwargs: dict = {}
     cfg_path = folder / "tokenizer_config.json"
     if cfg_path.exists():
@@ -154,9 +163,3 @@ def train_bpe_from_files(paths: list[str | Path], vocab_size: int, out_dir: str 
                     if budget <= 0:
                         return
     return train_bpe(texts(), vocab_size, out_dir)
-
-
-def copy_files(src: Path, dst: Path, names=TOKENIZER_FILES) -> None:
-    for name in names:
-        if (src / name).exists():
-            shutil.copy2(src / name, dst / name)

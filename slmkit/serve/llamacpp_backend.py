@@ -4,12 +4,13 @@ Generation runs llama.cpp's own eval + sampler loop (`Llama.generate`), so it co
 llama-cpp-python costs. `logits` and `loglikelihood` fill llama.cpp batches directly, asking for
 logits only where they are needed and keeping the KV cache of the longest shared prefix between
 calls (requests are sorted by context, so a shared context is evaluated once).
-The file's header is parsed and bounds-checked first (slmkit.export.gguf.open_gguf): a truncated or
+The file's header is parsed and bounds-checked first (slmkit.formats.gguf.open_gguf): a truncated or
 corrupt file must give an SlmkitError, never a crash inside llama.cpp.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -22,12 +23,17 @@ from slmkit.serve.base import Runtime, SamplingParams, common_prefix, log_softma
 
 GGML_TYPE_F32 = 0
 EXTRA_BUFTS_ENV = "SLMKIT_LLAMA_EXTRA_BUFTS"
-_PARAMS_LOCK = threading.Lock()
+_PARAMS_LOCK = threading.RLock()
 
 
-def open_llama(path: str | os.PathLike, extra_bufts: bool = True, **kw):
-    """llama_cpp.Llama with `use_extra_bufts` set (Llama() has no argument for it, so patch the defaults briefly)."""
-    import llama_cpp
+@contextlib.contextmanager
+def model_params(**fields) -> Iterator[None]:
+    """While active, every `llama_cpp.Llama(...)` loads its model with these `llama_model_params` fields set.
+
+    `Llama()` has no arguments for `use_extra_bufts` or `tensor_buft_overrides`, and it reads its defaults
+    from `llama_model_default_params()`; so that function is swapped for the duration, under a lock (one
+    model load at a time; nested uses compose). This is the only place slmkit touches llama-cpp-python so.
+    """
     import llama_cpp.llama_cpp as lib
 
     with _PARAMS_LOCK:
@@ -35,14 +41,23 @@ def open_llama(path: str | os.PathLike, extra_bufts: bool = True, **kw):
 
         def params():
             p = original()
-            p.use_extra_bufts = extra_bufts
+            for key, value in fields.items():
+                setattr(p, key, value)
             return p
 
         lib.llama_model_default_params = params
         try:
-            return llama_cpp.Llama(str(path), **kw)
+            yield
         finally:
             lib.llama_model_default_params = original
+
+
+def open_llama(path: str | os.PathLike, extra_bufts: bool = True, **kw):
+    """llama_cpp.Llama with llama.cpp's extra weight buffers (AMX / repacked kernels) on or off."""
+    import llama_cpp
+
+    with model_params(use_extra_bufts=bool(extra_bufts)):
+        return llama_cpp.Llama(str(path), **kw)
 
 
 def _cpu_has_amx() -> bool:
@@ -69,7 +84,7 @@ def extra_bufts_default() -> bool:
 
 def _tokenizer_for(path: Path, reader, n_vocab: int):
     """HF tokenizer beside the GGUF (same vocab size) if there is one, else rebuilt from GGUF metadata."""
-    from slmkit.export.gguf import hf_tokenizer_from_gguf
+    from slmkit.formats.gguf import hf_tokenizer_from_gguf
     from slmkit.model.tokenizer import load_tokenizer
 
     if (path.parent / "tokenizer.json").exists():
@@ -93,12 +108,12 @@ class LlamaCppRuntime(Runtime):
             import llama_cpp
         except ImportError:
             raise SlmkitError("backend 'llama.cpp' needs llama-cpp-python (pip install 'slmkit[serve]')") from None
-        from slmkit.export.gguf import _field, open_gguf
+        from slmkit.formats.gguf import field, open_gguf
 
         self.path = Path(path)
         reader = open_gguf(self.path)
-        arch = _field(reader, "general.architecture")
-        train_ctx = int(_field(reader, f"{arch}.context_length", 2048) or 2048)
+        arch = field(reader, "general.architecture")
+        train_ctx = int(field(reader, f"{arch}.context_length", 2048) or 2048)
         self.n_ctx = int(n_ctx or min(train_ctx, 4096))
         if f32_kv:
             kw.setdefault("type_k", GGML_TYPE_F32)
@@ -118,7 +133,7 @@ class LlamaCppRuntime(Runtime):
         self.n_vocab = int(self._llm.n_vocab())
         self.n_batch = int(n_batch)
         self.tokenizer = tokenizer if tokenizer is not None else _tokenizer_for(self.path, reader, self.n_vocab)
-        template = _field(reader, "tokenizer.chat_template")
+        template = field(reader, "tokenizer.chat_template")
         if template and not getattr(self.tokenizer, "chat_template", None):
             self.tokenizer.chat_template = template
         del reader
@@ -366,8 +381,3 @@ class LlamaCppRuntime(Runtime):
     def _argmax(self, ctx, index: int, n_vocab: int) -> int:
         ptr = self._lib.llama_get_logits_ith(ctx, index)
         return int(np.argmax(np.ctypeslib.as_array(ptr, shape=(n_vocab,))))
-
-
-def extra_bufts_safe(path=None, reader=None) -> bool:
-    """Compatibility name for `extra_bufts_default()` (the choice no longer depends on the file)."""
-    return extra_bufts_default()

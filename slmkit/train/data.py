@@ -103,9 +103,9 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
 
 
 def tokenizer_fingerprint(tokenizer_dir: str | Path) -> str:
-    from slmkit.model.tokenizer import _tokenizer_json
+    from slmkit.model.tokenizer import tokenizer_json_path
 
-    return sha256_file(_tokenizer_json(Path(tokenizer_dir)))[:16]
+    return sha256_file(tokenizer_json_path(Path(tokenizer_dir)))[:16]
 
 
 def prepare(sources: dict[str, dict], tokenizer_dir: str | Path, out_dir: str | Path, *, base: Path | None = None,

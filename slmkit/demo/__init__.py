@@ -54,7 +54,7 @@ def stage_train(ctx: dict) -> dict:
 def stage_export_hf(ctx: dict) -> dict:
     from slmkit.model.checkpoint import load_checkpoint
     from slmkit.model.hf import export_hf
-    from slmkit.model.hf_parity import check_hf_parity
+    from slmkit.export.parity import check_hf_parity
 
     model, _ = load_checkpoint(ctx["checkpoint"])
     hf_dir = export_hf(model, ctx["run_dir"] / "hf", ctx["checkpoint"])
@@ -63,33 +63,34 @@ def stage_export_hf(ctx: dict) -> dict:
 
 
 def stage_heldout(ctx: dict) -> dict:
-    """Answer held-out problems with *stock* transformers loading the exported folder (greedy)."""
+    """Answer held-out problems with *stock* transformers loading the exported folder (greedy), scored by the
+    one held-out scorer (slmkit.corpus.heldout) the trainer and the merge sweep use too."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slmkit.corpus.synthetic import heldout_problems, score_exact_match, trivial_baseline
+    from slmkit.corpus.heldout import evaluate
 
-    problems = heldout_problems(60 if ctx["quick"] else HELDOUT_N)
     tok = AutoTokenizer.from_pretrained(str(ctx["hf_dir"]))
-    tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(str(ctx["hf_dir"]), dtype=torch.float32).eval()
-    completions: list[str] = []
-    batch = 50
-    for i in range(0, len(problems), batch):
-        prompts = [p.prompt() for p in problems[i:i + batch]]
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=96, do_sample=False, pad_token_id=tok.pad_token_id,
-                                 eos_token_id=tok.eos_token_id)
-        completions += tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    scores = score_exact_match(problems, completions)
-    baseline = trivial_baseline(problems)
-    samples = [{"question": p.question, "answer": p.answer, "completion": c} for p, c in zip(problems, completions)]
-    with open(ctx["run_dir"] / "heldout_samples.jsonl", "w", encoding="utf-8") as f:
-        for s in samples:
-            f.write(json.dumps(s) + "\n")
-    return {"accuracy": scores["accuracy"], "n": scores["n"], "per_level": scores.get("per_level"),
-            "baseline_accuracy": baseline["accuracy"], "baseline_rule": baseline["best"]}
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def generate(prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        outs = []
+        for i in range(0, len(prompts), 50):  # left-padded batches of 50
+            chunk = prompts[i:i + 50]
+            width = max(map(len, chunk))
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+            with torch.no_grad():
+                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                     do_sample=False, pad_token_id=pad, eos_token_id=tok.eos_token_id)
+            outs += [row[width:].tolist() for row in out]
+        return outs
+
+    result = evaluate(generate, tok, 60 if ctx["quick"] else HELDOUT_N, max_new_tokens=96)
+    samples = result.pop("samples")
+    atomic_write_text(ctx["run_dir"] / "heldout_samples.jsonl", "".join(json.dumps(s) + "\n" for s in samples))
+    return result
 
 
 def stage_eval(ctx: dict) -> dict:
@@ -113,7 +114,7 @@ class SkipStage(Exception):
 PLUGIN_STAGES: list[tuple[str, str]] = [
     ("export_gguf", "slmkit.export.demo:demo_gguf"),
     ("export_onnx", "slmkit.export.demo:demo_onnx"),
-    ("latency", "slmkit.serve.demo:demo_latency"),
+    ("latency", "slmkit.bench.demo:demo_latency"),
     ("eval", "slmkit.demo:stage_eval"),
 ]
 CORE_STAGES: list[tuple[str, Callable[[dict], dict]]] = [

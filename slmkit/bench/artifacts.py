@@ -106,7 +106,7 @@ def ensure_gguf(source: str | Path, qtype: str, threads: int = 2, parity: bool =
 
     parity: the exporter's gate; measure_parity: ungated metrics (random-weight models) when no report exists yet.
     """
-    from slmkit.serve import bench_export
+    from slmkit.bench import exports as bench_export
 
     qtype = qtype.lower()
     if qtype not in GGUF_DIRECT and qtype not in LLAMA_FTYPES:
@@ -126,7 +126,7 @@ def ensure_gguf(source: str | Path, qtype: str, threads: int = 2, parity: bool =
 
 def ensure_onnx(source: str | Path, qtype: str = "int8", parity: bool = False, progress=None,
                 measure_parity: bool = False, threads: int = 2) -> Path:
-    from slmkit.serve import bench_export
+    from slmkit.bench import exports as bench_export
 
     if qtype not in ("int8", "fp32"):
         raise SlmkitError(f"--onnx-types: '{qtype}' unknown (known: int8, fp32)")

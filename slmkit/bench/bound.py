@@ -183,7 +183,7 @@ def _read_json(path: Path) -> dict | None:
 # ---- slmkit checkpoint / HF folder (torch) -------------------------------------------------------
 
 def _safetensors_info(path: Path) -> ArtifactInfo:
-    from slmkit.export.merge import open_model
+    from slmkit.formats.safetensors import open_model
 
     source = open_model(path)
     if source.kind == "checkpoint":

@@ -67,8 +67,8 @@ def bench_shapes(params: int | str = "20M", depths: Sequence[int] = DEFAULT_DEPT
                  repeats: int = 3, threads: int = 2, out_dir: str | Path | None = None, progress: bool = True,
                  bandwidth_mb: int = 512) -> dict[str, Any]:
     """Build (cached) random models of equal size and each depth, bench them on one backend, tabulate."""
-    from slmkit.serve.bench import bench_latency, parse_backends
-    from slmkit.serve.bench_artifacts import ensure_random_model
+    from slmkit.bench.latency import bench_latency, parse_backends
+    from slmkit.bench.artifacts import ensure_random_model
 
     params = parse_count(params)
     backend = parse_backends(backend)[0]
@@ -114,7 +114,7 @@ def bench_shapes(params: int | str = "20M", depths: Sequence[int] = DEFAULT_DEPT
                   "with depth is per-layer fixed cost"],
     }
     if out_dir is not None:
-        from slmkit.serve.bench_report import write_report
+        from slmkit.bench.report import write_report
 
         write_report(shapes, Path(out_dir), stem="shapes")
     return shapes

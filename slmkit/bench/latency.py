@@ -1,8 +1,8 @@
 """`slmkit bench latency`: time to first token, prefill/decode speed, peak RSS and size per backend and type.
 
-Every (artifact, backend) runs in a fresh subprocess (slmkit.serve.bench_worker) so peak RSS is that
+Every (artifact, backend) runs in a fresh subprocess (slmkit.bench.worker) so peak RSS is that
 run's own and no backend inherits another's warm caches. Each result is put beside the decode
-bound of this machine (slmkit.serve.bench_bound): copy bandwidth / bytes read per decoded token.
+bound of this machine (slmkit.bench.bound): copy bandwidth / bytes read per decoded token.
 A model folder is exported on demand to the requested GGUF types and ONNX variants (cached);
 `.gguf` files and ONNX folders are benchmarked as they are. For llama.cpp we also time raw
 llama-cpp-python on the same file and settings, to show what our runtime wrapper costs.
@@ -69,7 +69,7 @@ def plan_jobs(models: Sequence[str | Path], backends: Sequence[str], gguf_types:
               onnx_types: Sequence[str], threads: int, parity: bool, raw_llama: str | Sequence[str],
               llama_options: dict | None, say: Callable[[str], None], random_parity: bool = True) -> list[Job]:
     """Model paths × backends → concrete artifacts (exporting what is missing)."""
-    from slmkit.serve import bench_artifacts as art, bench_export
+    from slmkit.bench import artifacts as art, exports as bench_export
 
     try:
         return _plan(models, backends, gguf_types, onnx_types, threads, parity, raw_llama, llama_options, say,
@@ -148,7 +148,7 @@ def run_worker(job: Job, prompt_tokens: int, new_tokens: int, repeats: int, thre
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(threads)
     env.setdefault("PYTHONUNBUFFERED", "1")
-    cmd = [sys.executable, "-m", "slmkit.serve.bench_worker", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "slmkit.bench.worker", json.dumps(spec)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
@@ -164,8 +164,8 @@ def run_worker(job: Job, prompt_tokens: int, new_tokens: int, repeats: int, thre
 
 
 def _row(job: Job, result: dict, info, bandwidth: float, prompt_tokens: int, new_tokens: int) -> dict[str, Any]:
-    from slmkit.serve.bench_artifacts import find_parity
-    from slmkit.serve.bench_bound import decode_bound
+    from slmkit.bench.artifacts import find_parity
+    from slmkit.bench.bound import decode_bound
 
     row: dict[str, Any] = {"model": job.model, "backend": job.backend, "qtype": job.qtype or (info.qtype if info else ""),
                            "artifact": str(job.artifact), "ok": bool(result.get("ok"))}
@@ -209,8 +209,8 @@ def bench_latency(models: Sequence[str | Path], backends: Sequence[str] | str = 
     models: slmkit checkpoints / HF folders (exported per backend), .gguf files, ONNX folders.
     preset: also build (once, cached) a random-weight model of this preset's shape and bench it.
     """
-    from slmkit.serve import bench_artifacts as art
-    from slmkit.serve.bench_bound import copy_bandwidth_gbps, inspect_artifact
+    from slmkit.bench import artifacts as art
+    from slmkit.bench.bound import copy_bandwidth_gbps, inspect_artifact
 
     if isinstance(backends, str):
         backends = parse_backends(backends)
@@ -278,7 +278,7 @@ def bench_latency(models: Sequence[str | Path], backends: Sequence[str] | str = 
         "seconds": round(time.time() - started, 1),
     }
     if out_dir is not None:
-        from slmkit.serve.bench_report import write_report
+        from slmkit.bench.report import write_report
 
         report["files"] = write_report(report, Path(out_dir), stem="latency")
     return report
@@ -318,7 +318,7 @@ def summarize(rows: list[dict]) -> dict[str, Any]:
 
 
 def _notes(models: Sequence[str]) -> list[str]:
-    from slmkit.serve.bench_artifacts import is_random
+    from slmkit.bench.artifacts import is_random
 
     notes = ["decode bound = copy bandwidth / (weights read per token + KV cache read at the mean context); the "
              "embedding table counts one row unless tied (then read once for the logits)",

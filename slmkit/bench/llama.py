@@ -70,7 +70,7 @@ def repack_only(path: str) -> Iterator[int]:
 
     Yields the number of tensors placed there. Raises RuntimeError when this llama.cpp has no CPU_REPACK.
     """
-    import llama_cpp.llama_cpp as lib
+    from slmkit.serve.llamacpp_backend import model_params
 
     bufts = cpu_extra_bufts()
     if "CPU_REPACK" not in bufts:
@@ -84,16 +84,5 @@ def repack_only(path: str) -> Iterator[int]:
     arr[len(names)].pattern = None
     arr[len(names)].buft = None
     _KEEP.append((arr, patterns))
-    original = lib.llama_model_default_params
-
-    def params():
-        p = original()
-        p.use_extra_bufts = False
-        p.tensor_buft_overrides = ctypes.cast(arr, ctypes.c_void_p).value
-        return p
-
-    lib.llama_model_default_params = params
-    try:
+    with model_params(use_extra_bufts=False, tensor_buft_overrides=ctypes.cast(arr, ctypes.c_void_p).value):
         yield len(names)
-    finally:
-        lib.llama_model_default_params = original

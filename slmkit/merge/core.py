@@ -18,14 +18,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 import struct
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from slmkit.errors import SlmkitError
-from slmkit.paths import atomic_dir, atomic_write_json, read_json, sha256_file
+from slmkit.formats.safetensors import (FLOAT_DTYPES as _FLOAT_DTYPES, ST_DTYPES as _ST_DTYPES, ModelSource, TensorSpec,
+                                       open_model, read_json_object as _read_json, read_safetensors_header)
+from slmkit.paths import atomic_dir, atomic_write_json, sha256_file
 
 # config fields that never change what the weights mean
 _IGNORED_HF_FIELDS = {"transformers_version", "_name_or_path", "torch_dtype", "dtype", "use_cache", "name_or_path",
@@ -33,107 +35,6 @@ _IGNORED_HF_FIELDS = {"transformers_version", "_name_or_path", "torch_dtype", "d
 _IGNORED_CKPT_FIELDS = {"name"}
 _TOKENIZER_EXTRA = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "tokenizer.json.gz")
 DEFAULT_SHARD_BYTES = 500 * 1000 * 1000
-
-_ST_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-              "F8_E4M3": 1, "F8_E5M2": 1}
-_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
-
-
-# ----------------------------------------------------------------------------------------------
-# reading a model folder without loading it
-
-
-@dataclass
-class TensorSpec:
-    name: str
-    dtype: str  # safetensors dtype string, e.g. "F32"
-    shape: tuple[int, ...]
-    file: Path
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * _ST_DTYPES[self.dtype]
-
-
-@dataclass
-class ModelSource:
-    """What a merge needs to know about one input: format, config, tensor table, tokenizer identity."""
-
-    path: Path
-    kind: str  # "checkpoint" | "hf"
-    config: dict[str, Any]
-    tensors: dict[str, TensorSpec] = field(default_factory=dict)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors.values())
-
-
-def read_safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file (8-byte little-endian length, then JSON)."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) != 8:
-                raise SlmkitError(f"{path}: not a safetensors file (shorter than 8 bytes)")
-            (n,) = struct.unpack("<Q", raw)
-            if n > 100 * 1024 * 1024:
-                raise SlmkitError(f"{path}: not a safetensors file (header length {n})")
-            return json.loads(f.read(n))
-    except FileNotFoundError:
-        raise SlmkitError(f"{path}: weight file missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise SlmkitError(f"{path}: corrupt safetensors header") from None
-
-
-def _weight_files(folder: Path, kind: str) -> list[Path]:
-    if kind == "checkpoint":
-        return [folder / "model.safetensors"]
-    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
-    if single.exists():
-        return [single]
-    if index.exists():
-        weight_map = _read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise SlmkitError(f"{index}: field 'weight_map' missing or empty")
-        return [folder / name for name in sorted(set(weight_map.values()))]
-    raise SlmkitError(f"{folder}: no model.safetensors or model.safetensors.index.json (merge reads safetensors only)")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise SlmkitError(f"{path}: expected a JSON object")
-    return data
-
-
-def open_model(path: str | Path) -> ModelSource:
-    """Describe an slmkit checkpoint or HF folder from its headers only (no tensor data is read)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise SlmkitError(f"{path}: model folder not found")
-    if (path / "slmkit.json").exists():
-        record = _read_json(path / "slmkit.json")
-        if not isinstance(record.get("model"), dict):
-            raise SlmkitError(f"{path / 'slmkit.json'}: field 'model' missing")
-        kind, config = "checkpoint", dict(record["model"])
-    elif (path / "config.json").exists():
-        kind, config = "hf", _read_json(path / "config.json")
-    else:
-        raise SlmkitError(f"{path}: neither an slmkit checkpoint (slmkit.json) nor an HF model folder (config.json)")
-    source = ModelSource(path, kind, config)
-    for file in _weight_files(path, kind):
-        header = read_safetensors_header(file)
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            if info.get("dtype") not in _ST_DTYPES:
-                raise SlmkitError(f"{file}: tensor '{name}' has unsupported dtype {info.get('dtype')!r}")
-            source.tensors[name] = TensorSpec(name, info["dtype"], tuple(info["shape"]), file)
-    if not source.tensors:
-        raise SlmkitError(f"{path}: no tensors in the weight files")
-    return source
-
 
 # ----------------------------------------------------------------------------------------------
 # compatibility checks
@@ -171,17 +72,12 @@ def check_architectures(sources: Sequence[ModelSource]) -> None:
 
 
 def _tokenizer_json(folder: Path) -> dict[str, Any] | None:
-    plain, gz = folder / "tokenizer.json", folder / "tokenizer.json.gz"
-    try:
-        if plain.exists():
-            return json.loads(plain.read_text(encoding="utf-8"))
-        if gz.exists():
-            import gzip
+    """The folder's tokenizer.json (None when the folder has none)."""
+    from slmkit.model.tokenizer import read_tokenizer_json
 
-            return json.loads(gzip.decompress(gz.read_bytes()).decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise SlmkitError(f"{folder}: tokenizer.json unreadable ({exc})") from None
-    return None
+    if not ((folder / "tokenizer.json").exists() or (folder / "tokenizer.json.gz").exists()):
+        return None
+    return read_tokenizer_json(folder)
 
 
 def _vocab(tok: dict[str, Any]) -> dict[str, int]:

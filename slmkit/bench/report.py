@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +72,9 @@ def latency_markdown(report: dict[str, Any]) -> str:
 
 
 def latency_plot(report: dict[str, Any]) -> bytes:
-    import matplotlib
+    from slmkit.plots import png_bytes, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = [r for r in report["results"] if r.get("ok") and r.get("decode_tok_s")]
     labels = [f"{_short(r['model'])[:24]} {r['backend']} {r['qtype']}" for r in rows]
@@ -100,16 +98,7 @@ def latency_plot(report: dict[str, Any]) -> bytes:
     ax2.set_xlabel("prefill tokens/s")
     ax2.set_title(f"prefill ({report['settings']['prompt_tokens']}-token prompt)")
     fig.tight_layout()
-    return _png(fig)
-
-
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, tight=False)
 
 
 def write_report(report: dict[str, Any], out_dir: Path, stem: str = "latency") -> dict[str, str]:
@@ -152,10 +141,9 @@ def shapes_markdown(report: dict[str, Any]) -> str:
 
 
 def shapes_plot(report: dict[str, Any]) -> bytes:
-    import matplotlib
+    from slmkit.plots import png_bytes, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = [r for r in report["results"] if r.get("ok") and r.get("decode_tok_s")]
     depth = [r["config"]["n_layers"] for r in rows]
@@ -179,4 +167,4 @@ def shapes_plot(report: dict[str, Any]) -> bytes:
     ax2.set_title("prefill speed vs depth")
     fig.suptitle(report["title"], fontsize=10)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig, tight=False)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 
 def demo_latency(ctx: dict) -> dict:
-    from slmkit.serve.bench import bench_latency
+    from slmkit.bench.latency import bench_latency
 
     artifacts = ctx.get("artifacts", {})
     models = [str(ctx["checkpoint"])] + [str(p) for p in artifacts.values()]

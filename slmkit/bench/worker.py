@@ -1,4 +1,4 @@
-"""One latency measurement in a fresh process: `python -m slmkit.serve.bench_worker '<json spec>'`.
+"""One latency measurement in a fresh process: `python -m slmkit.bench.worker '<json spec>'`.
 
 Why a process per (artifact, backend): peak RSS is per process, and a backend's allocator and
 thread pools must not be warmed by another's. The last stdout line is the JSON result.
@@ -135,29 +135,17 @@ def _raw_llama(spec: dict):
     """
     import llama_cpp
 
-    from slmkit.export.gguf import open_gguf
-    from slmkit.serve.llamacpp_backend import extra_bufts_safe
+    from slmkit.serve.llamacpp_backend import extra_bufts_default, model_params
 
     extra = spec.get("extra_bufts")
     if extra is None:
-        extra = extra_bufts_safe(Path(spec["path"]), open_gguf(spec["path"]))
+        extra = extra_bufts_default()
 
     opts = {"n_ctx": spec["prompt_tokens"] + spec["new_tokens"] + 16, "n_batch": 512, **spec.get("raw_options", {})}
     opts.setdefault("n_ubatch", opts["n_batch"])
-    lib = llama_cpp.llama_cpp
-    original = lib.llama_model_default_params
-
-    def params():
-        p = original()
-        p.use_extra_bufts = bool(extra)
-        return p
-
-    lib.llama_model_default_params = params
-    try:
+    with model_params(use_extra_bufts=bool(extra)):
         llm = llama_cpp.Llama(model_path=spec["path"], verbose=False,
                               **{"n_threads": spec["threads"], "n_threads_batch": spec["threads"], **opts})
-    finally:
-        lib.llama_model_default_params = original
     llm.extra_bufts = bool(extra)  # reported beside the runtime's own choice
     greedy = dict(temp=0.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, repeat_penalty=1.0)
 
@@ -179,7 +167,7 @@ def _load(spec: dict):
     loader = _raw_llama if spec["backend"] == "raw-llama.cpp" else _slmkit_runtime
     if not repack:
         return (*loader(spec), {})
-    from slmkit.serve.bench_llama import repack_only
+    from slmkit.bench.llama import repack_only
 
     if spec["backend"] == "raw-llama.cpp":
         spec["extra_bufts"] = False

@@ -125,7 +125,7 @@ def fetch_gguf(name: str, cache: str | Path | None = None) -> tuple[Path, str]:
 
 def pull(name: str, cache: str | Path | None = None, hf: bool = True) -> dict[str, Any]:
     """Fetch `name` and (hf=True) dequantize it into an fp32 HF Llama folder; returns paths and provenance."""
-    from slmkit.export.gguf import gguf_to_hf
+    from slmkit.formats.gguf import gguf_to_hf
 
     spec = _spec(name)
     gguf_path, source = fetch_gguf(name, cache)
