@@ -78,9 +78,9 @@ def main(argv=None) -> int:
 
     hf_dir = Path(pull("smollm2-135m-instruct")["hf_dir"])
     out = Path(args.out)
-    models = [] if args.skip_hf else [("hf", "hf", hf_dir, "SmolLM2-135M-Instruct fp32 [hf]")]
+    models = [] if args.skip_hf else [("hf", "torch", hf_dir, "SmolLM2-135M-Instruct fp32 [torch]")]
     for qtype in [q for q in args.gguf_types.split(",") if q]:
-        models.append((f"gguf-{qtype}", "gguf", ensure_gguf(hf_dir, qtype), f"SmolLM2-135M-Instruct {qtype} [gguf]"))
+        models.append((f"gguf-{qtype}", "llama.cpp", ensure_gguf(hf_dir, qtype), f"SmolLM2-135M-Instruct {qtype} [llama.cpp]"))
     lms = {key: make_lm(backend, str(path), threads=args.threads) for key, backend, path, _ in models}  # loaded once
     suite = load_suite("xmodel13")
     entries = select(suite, args.tasks)

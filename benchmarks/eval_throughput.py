@@ -83,13 +83,13 @@ def main(argv=None) -> int:
     instances = build_instances(args.limit, args.gen_limit)
     from lm_eval.models.huggingface import HFLM
 
-    from slmkit.evaluate.lm import GgufLM, NativeLM
+    from slmkit.evaluate.lm import LlamaCppLM, TorchLM
 
     backends = {"stock": HFLM(pretrained=model, device="cpu", dtype="float32", batch_size=1),  # the CLI default
-                "ours": NativeLM(model, batch_size=8)}
+                "ours": TorchLM(model, batch_size=8)}
     if args.gguf:
-        backends["gguf"] = GgufLM(args.gguf)  # generation batched (8 parallel llama.cpp sequences)
-        backends["gguf-serial"] = GgufLM(args.gguf, batch_size=1)  # generation only: one prompt at a time
+        backends["gguf"] = LlamaCppLM(args.gguf)  # generation batched (8 parallel llama.cpp sequences)
+        backends["gguf-serial"] = LlamaCppLM(args.gguf, batch_size=1)  # generation only: one prompt at a time
     timings: dict[str, dict] = {k: {} for k in backends}
     for name, insts in instances.items():  # interleaved per slice, so load drift hits both alike
         for key, lm in backends.items():

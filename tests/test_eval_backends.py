@@ -56,17 +56,17 @@ def _close(a, b, tol):
 
 @pytest.fixture(scope="module")
 def native_scores(tiny_hf, instances):
-    from slmkit.evaluate.lm import NativeLM
+    from slmkit.evaluate.lm import TorchLM
 
-    lm = NativeLM(str(tiny_hf[0]), max_length=WINDOW)
+    lm = TorchLM(str(tiny_hf[0]), max_length=WINDOW)
     return lm.loglikelihood(instances, disable_tqdm=True)
 
 
 def test_native_matches_full_forward(tiny_hf, instances, native_scores):
     """Prefix-KV reuse gives the same numbers as one full forward pass per request."""
-    from slmkit.evaluate.lm import NativeLM
+    from slmkit.evaluate.lm import TorchLM
 
-    lm = NativeLM(str(tiny_hf[0]), max_length=WINDOW)
+    lm = TorchLM(str(tiny_hf[0]), max_length=WINDOW)
     model = tiny_hf[1]
     ref = []
     for inst in instances:
@@ -91,15 +91,15 @@ def test_native_matches_stock_lm_eval_hf(tiny_hf, instances, native_scores):
 def test_gguf_f32_and_onnx_fp32_agree_with_hf(tiny_hf, instances, native_scores, tmp_path, tiny_tokenizer_dir):
     pytest.importorskip("llama_cpp")
     pytest.importorskip("onnxruntime")
-    from slmkit.evaluate.lm import GgufLM, OnnxLM
+    from slmkit.evaluate.lm import LlamaCppLM, OnnxRuntimeLM
     from slmkit.export.gguf import write_gguf
     from slmkit.export.onnx import export_onnx
 
     gguf_path = write_gguf(tiny_hf[1], tmp_path / "tiny-f32.gguf", tiny_tokenizer_dir, dtype="f32")
-    gguf = GgufLM(str(gguf_path), max_length=WINDOW, f32_kv=True)
+    gguf = LlamaCppLM(str(gguf_path), max_length=WINDOW, f32_kv=True)
     gguf_scores = gguf.loglikelihood(instances, disable_tqdm=True)
     export_onnx(tiny_hf[0], tmp_path / "onnx", parity=False)
-    onnx = OnnxLM(str(tmp_path / "onnx"), max_length=WINDOW)
+    onnx = OnnxRuntimeLM(str(tmp_path / "onnx"), max_length=WINDOW)
     onnx_scores = onnx.loglikelihood(instances, disable_tqdm=True)
     assert all(math.isfinite(s[0]) for s in gguf_scores + onnx_scores)
     _close(gguf_scores, native_scores, 2e-3)
@@ -113,20 +113,20 @@ def test_generate_until_same_text_on_every_backend(tiny_hf, tmp_path, tiny_token
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from slmkit.evaluate.lm import GgufLM, NativeLM
+    from slmkit.evaluate.lm import LlamaCppLM, TorchLM
     from slmkit.export.gguf import write_gguf
 
     shots = "".join(f"Q: What is {a} plus {a + 3}?\nA: {2 * a + 3}\n\n" for a in range(7, 12))
     contexts = [shots + f"Q: What is {a} plus 1?\nA:" for a in (2, 40, 123)] + ["Tom has 12 apples", "def f(x):"]
     reqs = [Instance("generate_until", {}, (c, {"until": ["\n\n"], "max_gen_toks": 24, "do_sample": False}), i)
             for i, c in enumerate(contexts)]
-    ours = NativeLM(str(tiny_hf[0]), max_length=WINDOW).generate_until(reqs, disable_tqdm=True)
+    ours = TorchLM(str(tiny_hf[0]), max_length=WINDOW).generate_until(reqs, disable_tqdm=True)
     stock = HFLM(pretrained=str(tiny_hf[0]), device="cpu", dtype="float32", batch_size=1, max_length=WINDOW)
     assert ours == stock.generate_until(reqs, disable_tqdm=True)
     assert len(set(ours)) > 1 and all(ours), ours
     gguf_path = write_gguf(tiny_hf[1], tmp_path / "tiny-f32.gguf", tiny_tokenizer_dir, dtype="f32")
-    batched = GgufLM(str(gguf_path), max_length=WINDOW, f32_kv=True)
+    batched = LlamaCppLM(str(gguf_path), max_length=WINDOW, f32_kv=True)
     assert batched.batch_size == 8  # llama.cpp decodes the chunk as parallel sequences
     assert batched.generate_until(reqs, disable_tqdm=True) == ours
-    serial = GgufLM(str(gguf_path), max_length=WINDOW, f32_kv=True, batch_size=1)
+    serial = LlamaCppLM(str(gguf_path), max_length=WINDOW, f32_kv=True, batch_size=1)
     assert serial.generate_until(reqs, disable_tqdm=True) == ours

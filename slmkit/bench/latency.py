@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from slmkit.errors import SlmkitError
+from slmkit.serve.backends import canonical
 
 DEFAULT_GGUF_TYPES = ("f16", "q8_0", "q4_k_m")
 DEFAULT_ONNX_TYPES = ("int8",)
-BACKEND_NAMES = {"torch": "torch", "llama.cpp": "llama.cpp", "llamacpp": "llama.cpp", "gguf": "llama.cpp",
-                 "onnxruntime": "onnxruntime", "onnx": "onnxruntime", "ort": "onnxruntime"}
+BENCH_BACKENDS = ("torch", "llama.cpp", "onnxruntime")  # (vllm needs a GPU; raw-llama.cpp is added per GGUF)
 
 
 @dataclass
@@ -43,9 +43,7 @@ def parse_backends(text: str | Sequence[str]) -> list[str]:
     items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
     out = []
     for item in items:
-        if item.lower() not in BACKEND_NAMES:
-            raise SlmkitError(f"--backends: '{item}' unknown (known: torch, llama.cpp, onnxruntime)")
-        name = BACKEND_NAMES[item.lower()]
+        name = canonical(item, {b: None for b in BENCH_BACKENDS}, what="--backends entry")
         if name not in out:
             out.append(name)
     if not out:

@@ -96,11 +96,9 @@ def time_stream(tokens: Iterator[int], n_prompt: int) -> dict[str, Any]:
 # ---- backends ----------------------------------------------------------------------------------
 
 def _slmkit_runtime(spec: dict):
-    from slmkit.serve import BACKENDS, load
-    import importlib
+    from slmkit.serve import load, runtime_class
 
-    module_name, cls_name = BACKENDS[spec["backend"]].split(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
+    cls = runtime_class(spec["backend"])
     options = {**_threads_kw(cls, spec["threads"]), **spec.get("options", {})}
     runtime = load(spec["path"], spec["backend"], **options)
     _ignore_eos(runtime)

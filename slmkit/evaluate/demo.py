@@ -14,7 +14,7 @@ def run_demo_eval(model_dir: str | Path, run_dir: str | Path, limit: int = 20) -
     """
     from slmkit.evaluate.runner import run_eval
 
-    record = run_eval(str(model_dir), suite="xmodel13", tasks=list(DEMO_TASKS), backend="hf", limit=limit,
+    record = run_eval(str(model_dir), suite="xmodel13", tasks=list(DEMO_TASKS), backend="torch", limit=limit,
                       out=Path(run_dir) / "eval", data="auto", label=f"demo model ({Path(model_dir).name})")
     return {"scores": {s["name"]: s["value"] for s in record["scores"]}, "average": record["average"]["value"],
             "limit": limit, "out": record["out"], "fallbacks": record["manifest"]["fallbacks"]}

@@ -1,10 +1,10 @@
-"""slmkit backends as lm-eval models (registered in lm_eval.api.registry).
+"""slmkit runtimes as lm-eval models, registered as `slmkit-<backend>` (serve.backends' vocabulary):
 
-  slmkit-hf    native torch model on an HF folder or slmkit checkpoint: prefix-KV-reuse scoring,
-               batched greedy generation (TorchRuntime.generate_batch)
-  slmkit-gguf  llama.cpp in-process through slmkit.serve (log-likelihood from the runtime's logits, batched
-               greedy generation as parallel llama.cpp sequences)
-  slmkit-onnx  onnxruntime through slmkit.serve
+  slmkit-torch        native torch model on an HF folder or slmkit checkpoint: prefix-KV-reuse scoring,
+                      batched greedy generation (TorchRuntime.generate_batch)
+  slmkit-llama.cpp    a GGUF through llama.cpp in-process (batched greedy generation as parallel sequences)
+  slmkit-onnxruntime  an ONNX folder through ONNX Runtime
+(the names before the vocabulary, slmkit-hf / slmkit-gguf / slmkit-onnx, stay registered as aliases.)
 Tokenisation, context/continuation splitting, truncation and stop handling follow lm-eval's `hf`
 model (TemplateLM._encode_pair, lm_eval.models.utils), so the same requests give the same scores;
 lm-eval's own `hf` and `vllm` stay available as reference backends.
@@ -138,11 +138,11 @@ class SlmkitLM(TemplateLM):
         return {"slmkit_backend": self.backend_name, "model_path": str(self.path) if self.path else None}
 
 
-@register_model("slmkit-hf")
-class NativeLM(SlmkitLM):
+@register_model("slmkit-torch", "slmkit-hf")
+class TorchLM(SlmkitLM):
     """The native µP torch model (fp32 on CPU) through TorchRuntime: prefix-KV-reuse scoring, batched decoding."""
 
-    backend_name = "hf"
+    backend_name = "torch"
 
     def __init__(self, pretrained: str, batch_size: int | str = 8, max_length: int | None = None,
                  threads: int | None = None, **kwargs) -> None:
@@ -174,8 +174,8 @@ class NativeLM(SlmkitLM):
 
 
 class RuntimeLM(SlmkitLM):
-    """Any slmkit.serve runtime: scoring through `Runtime.loglikelihood`; generation batched (batch_size
-    prompts per chunk, default 8) where the runtime has `generate_batch`, else one prompt at a time."""
+    """Any slmkit.serve runtime: scoring through `Runtime.loglikelihood`, generation through
+    `Runtime.generate_batch` (batch_size prompts per chunk, default 8; 1 = one prompt at a time)."""
 
     serve_backend = ""
 
@@ -188,8 +188,7 @@ class RuntimeLM(SlmkitLM):
             raise SlmkitError(f"{pretrained}: the {self.serve_backend} runtime exposes no tokenizer")
         window = getattr(self.runtime, "n_ctx", None) or getattr(self.runtime, "max_seq_len", None)
         limit = max_length or (window - 1 if window else None) or 2048  # the runtime holds ctx+cont: max_length+1
-        batched = hasattr(self.runtime, "generate_batch")
-        bs = (8 if batched else 1) if batch_size in (None, "auto") else int(batch_size)
+        bs = 8 if batch_size in (None, "auto") else int(batch_size)
         super().__init__(tok, int(limit), bs, pretrained)
 
     def _score(self, pairs, progress):
@@ -203,21 +202,7 @@ class RuntimeLM(SlmkitLM):
         return out
 
     def _generate(self, prompts, max_new, stops):
-        """Batched where the runtime can (llama.cpp: one decode call per step for the chunk), else one by one."""
-        from slmkit.serve.base import SamplingParams
-
-        done = self._stop_checker(stops)
-        if len(prompts) > 1 and hasattr(self.runtime, "generate_batch"):
-            return self.runtime.generate_batch(prompts, max_new, done)
-        outs = []
-        for row, ids in enumerate(prompts):
-            toks: list[int] = []
-            for t in self.runtime.generate_ids(ids, SamplingParams(max_new_tokens=max_new, temperature=0.0)):
-                toks.append(int(t))
-                if t == self.eot_token_id or done(row, toks):
-                    break
-            outs.append(toks)
-        return outs
+        return self.runtime.generate_batch(prompts, max_new, self._stop_checker(stops))
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
@@ -229,16 +214,12 @@ class RuntimeLM(SlmkitLM):
         return {"slmkit_backend": self.backend_name, "model_path": str(self.path)}
 
 
-@register_model("slmkit-gguf")
-class GgufLM(RuntimeLM):
-    backend_name = "gguf"
-    serve_backend = "llama.cpp"
+@register_model("slmkit-llama.cpp", "slmkit-gguf")
+class LlamaCppLM(RuntimeLM):
+    backend_name = serve_backend = "llama.cpp"
 
 
-@register_model("slmkit-onnx")
-class OnnxLM(RuntimeLM):
-    backend_name = "onnx"
-    serve_backend = "onnxruntime"
+@register_model("slmkit-onnxruntime", "slmkit-onnx")
+class OnnxRuntimeLM(RuntimeLM):
+    backend_name = serve_backend = "onnxruntime"
 
-
-BACKEND_MODELS = {"hf": "slmkit-hf", "gguf": "slmkit-gguf", "onnx": "slmkit-onnx", "vllm": "vllm", "hf-stock": "hf"}

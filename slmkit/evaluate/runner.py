@@ -16,36 +16,44 @@ from slmkit.errors import SlmkitError
 from slmkit.evaluate import manifest as manifest_mod
 from slmkit.evaluate.suites import Suite, SuiteTask, load_suite, select
 from slmkit.paths import atomic_write_json, atomic_write_text
+from slmkit.serve.backends import BACKENDS as SERVE_BACKENDS, canonical, detect
 
-BACKENDS = ("hf", "gguf", "onnx", "vllm", "hf-stock")
 SEED = 1234  # lm-eval's default seeds (fewshot, random)
+# the serve vocabulary, plus lm-eval's own `hf` model as the reference implementation to compare against
+BACKENDS = {**{name: desc for name, (_, desc) in SERVE_BACKENDS.items()},
+            "lm-eval-hf": "lm-eval's own `hf` model (stock transformers), the reference"}
+
+
+def eval_backend(name: str | None, model: str) -> str:
+    """The backend name in the one vocabulary (default: detected from the artifact)."""
+    return canonical(name, BACKENDS) if name else detect(model)
 
 
 def make_lm(backend: str, model: str, batch_size: int | None = None, threads: int | None = None):
-    """An lm-eval LM for `backend` ('hf' = native torch, 'hf-stock' = lm-eval's own hf, 'vllm' = lm-eval's).
+    """An lm-eval LM for `backend`: our torch / llama.cpp / onnxruntime runtimes, lm-eval's own vllm, or the
+    stock `hf` reference (lm-eval-hf).
 
-    threads: CPU threads for hf (torch), gguf (llama.cpp decode and prompt) and onnx; None = the runtime's default."""
-    if backend not in BACKENDS:
-        raise SlmkitError(f"unknown backend '{backend}' (known: {', '.join(BACKENDS)})")
+    threads: CPU threads for torch, llama.cpp (decode and prompt) and onnxruntime; None = the runtime's default."""
+    backend = canonical(backend, BACKENDS)
     if not Path(model).exists():
         raise SlmkitError(f"{model}: model not found (an HF folder, slmkit checkpoint, .gguf file or ONNX folder)")
     from slmkit.evaluate import lm
 
-    if backend == "hf":
-        return lm.NativeLM(str(model), batch_size=batch_size or 8, threads=threads)
-    if backend == "gguf":
-        return lm.GgufLM(str(model), batch_size=batch_size, **({"n_threads": threads} if threads else {}))
-    if backend == "onnx":
-        return lm.OnnxLM(str(model), batch_size=batch_size, **({"threads": threads} if threads else {}))
+    if backend == "torch":
+        return lm.TorchLM(str(model), batch_size=batch_size or 8, threads=threads)
+    if backend == "llama.cpp":
+        return lm.LlamaCppLM(str(model), batch_size=batch_size, **({"n_threads": threads} if threads else {}))
+    if backend == "onnxruntime":
+        return lm.OnnxRuntimeLM(str(model), batch_size=batch_size, **({"threads": threads} if threads else {}))
     from lm_eval.api.registry import get_model
 
-    name = "hf" if backend == "hf-stock" else "vllm"
+    name = "hf" if backend == "lm-eval-hf" else "vllm"
     try:
         cls = get_model(name)
     except Exception as exc:  # noqa: BLE001 - registry raises various errors when the extra is missing
         raise SlmkitError(f"backend '{backend}' is unavailable ({exc}); vllm needs a GPU and `pip install slmkit[vllm]`") from None
-    args = {"pretrained": str(model), "dtype": "float32" if backend == "hf-stock" else "auto"}
-    if backend == "hf-stock":
+    args = {"pretrained": str(model), "dtype": "float32" if backend == "lm-eval-hf" else "auto"}
+    if backend == "lm-eval-hf":
         args.update(device="cpu", batch_size=batch_size or 1)
     return cls(**args)
 
@@ -69,7 +77,7 @@ def build_tasks(entries: list[SuiteTask], data: str):
     return tm, objects, leaves
 
 
-def run_eval(model: str, suite: str | Suite = "xmodel13", tasks: str | list[str] | None = None, backend: str = "hf",
+def run_eval(model: str, suite: str | Suite = "xmodel13", tasks: str | list[str] | None = None, backend: str | None = None,
              limit: int | float | None = None, out: str | Path | None = None, data: str = "auto", seed: int = SEED,
              batch_size: int | None = None, use_cache: bool = True, lm=None, label: str | None = None,
              write_reports: bool = True, threads: int | None = None) -> dict:
@@ -79,6 +87,7 @@ def run_eval(model: str, suite: str | Suite = "xmodel13", tasks: str | list[str]
 
     from slmkit.evaluate.tasks import finalize_records
 
+    backend = eval_backend(backend, model)
     os.environ.setdefault("HF_ALLOW_CODE_EVAL", "0")  # stock code_eval is never used: ours is sandboxed
     suite_obj = suite if isinstance(suite, Suite) else load_suite(suite)
     entries = select(suite_obj, tasks)

@@ -1,7 +1,9 @@
 """One runtime interface for every backend (torch, llama.cpp, ONNX Runtime, vLLM).
 
-A backend implements `logits` (full-sequence float32 logits: parity gates and scoring), `generate_ids`
-(its own fast decode loop) and may override `loglikelihood` with a faster path (prefix KV reuse).
+A backend implements `logits` (full-sequence float32 logits: parity gates and scoring) and `generate_ids`
+(its own fast decode loop); `generate_batch` and `loglikelihood` have serial defaults here that a backend
+overrides with a batched path (torch: a batch KV cache; llama.cpp: parallel sequences), so callers never
+probe for them.
 Everything text-level — chat templates, stop strings, streaming detokenisation — lives here once.
 """
 
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -24,9 +26,6 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int = 0
     stop: list[str] = field(default_factory=list)
-
-
-Prompt = "str | list[dict] | Sequence[int]"
 
 
 class Runtime:
@@ -118,6 +117,21 @@ class Runtime:
         logits = self.logits(ctx + cont)[len(ctx) - 1: len(ctx) - 1 + len(cont)]
         logp = log_softmax(logits)
         return [float(logp[i, t]) for i, t in enumerate(cont)]
+
+    def generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                       done: Callable[[int, list[int]], bool] | None = None) -> list[list[int]]:
+        """Greedy continuations of several prompts (token ids). A row ends at EOS, at `max_new_tokens`, or when
+        `done(row, ids)` says so. This default runs them one at a time; batched backends override it."""
+        out = []
+        eos = self.eos_ids
+        for row, ids in enumerate(prompts):
+            toks: list[int] = []
+            for t in self.generate_ids(list(ids), SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)):
+                toks.append(int(t))
+                if t in eos or (done is not None and done(row, toks)):
+                    break
+            out.append(toks)
+        return out
 
     def loglikelihood(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[tuple[float, bool]]:
         """(sum log p(continuation | context), continuation is greedy) per request; backends may batch/reuse."""
