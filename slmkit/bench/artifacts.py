@@ -162,7 +162,3 @@ def find_parity(artifact: str | Path) -> dict[str, Any] | None:
             keep["file"] = str(cand)
             return keep
     return None
-
-
-def write_note(folder: Path, data: dict) -> None:
-    atomic_write_json(folder / "bench_artifact.json", data)

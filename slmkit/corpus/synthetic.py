@@ -56,7 +56,6 @@ import json
 import os
 import random
 import re
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -547,32 +546,6 @@ def trivial_baseline(problems: Sequence[Problem]) -> dict:
 
 # --------------------------------------------------------------------------- files
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    try:
-        from slmkit.paths import atomic_write_text
-    except ImportError:  # slmkit.paths not present in this checkout: same temp + os.replace here
-        _atomic_write_text(path, text)
-    else:
-        atomic_write_text(path, text)
-
-
 def write_jsonl(path: str | os.PathLike, problems: Iterable[Problem]) -> Path:
     """Write problems as JSON lines (fields + ``prompt``/``target``), atomically; returns the path."""
     path = Path(path)
@@ -582,7 +555,9 @@ def write_jsonl(path: str | os.PathLike, problems: Iterable[Problem]) -> Path:
         row["prompt"] = p.prompt()
         row["target"] = p.target()
         lines.append(json.dumps(row, ensure_ascii=False))
-    _write_text(path, "".join(line + "\n" for line in lines))
+    from slmkit.paths import atomic_write_text
+
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
     return path
 
 

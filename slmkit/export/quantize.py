@@ -7,10 +7,10 @@ and the requested ftype, so the file is byte-for-byte what `llama-quantize` woul
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from slmkit.errors import SlmkitError
+from slmkit.paths import atomic_file
 
 # slmkit name -> llama_ftype constant name in llama_cpp (LLAMA_FTYPE_MOSTLY_<X>)
 QUANT_TYPES: dict[str, str] = {
@@ -50,17 +50,11 @@ def quantize_gguf(src: str | Path, dst: str | Path, qtype: str, n_threads: int |
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = int(n_threads or os.cpu_count() or 1)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        from llama_cpp._utils import suppress_stdout_stderr
+    from llama_cpp._utils import suppress_stdout_stderr
 
+    with atomic_file(dst) as tmp:
         with suppress_stdout_stderr(disable=False):  # per-tensor fallback warnings; the report lists tensor types
-            rc = llama_cpp.llama_model_quantize(str(src).encode(), tmp.encode(), params)
+            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
         if rc != 0:
             raise SlmkitError(f"{src}: llama.cpp quantization to {qtype} failed (code {rc})")
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return dst
