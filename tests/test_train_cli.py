@@ -63,3 +63,17 @@ def test_repro_quick_all(tmp_path):
     for name in ("wsd-vs-cosine", "muon-decay", "fp8", "mup-transfer"):
         assert (tmp_path / name / "results.md").exists()
     assert (tmp_path / "fp8/loss.png").exists() and (tmp_path / "mup-transfer/sweep.png").exists()
+
+
+def test_trainer_imports_print_nothing_and_leave_torchao_alone():
+    """torchao prints CUDA-library and pytree lines on import: only FP8 on CUDA may import it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, slmkit.train.trainer, slmkit.train.fp8, slmkit.train.cli; "
+            "print('torchao' in sys.modules)")
+    rc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert rc.returncode == 0 and rc.stdout.strip() == "False" and rc.stderr == "", rc.stderr
+    main_cli = "import sys; from slmkit.cli import main; sys.argv = ['slmkit', 'train', '--help']; sys.exit(main())"
+    rc = subprocess.run([sys.executable, "-c", main_cli], capture_output=True, text=True, timeout=120)
+    assert rc.returncode == 0 and "config" in rc.stdout and rc.stderr == "", rc.stderr

@@ -131,8 +131,8 @@ def load_config(config: dict | str | Path, overrides: list[str] | dict | None = 
     """(validated config dict, source name for messages). `config`: a dict, a YAML path or a recipe name."""
     if isinstance(config, (str, Path)):
         path = Path(config)
-        if not path.exists() and not path.suffix and len(path.parts) == 1:
-            path = recipe_path(str(config))
+        if not path.exists() and len(path.parts) == 1 and (str(config) in recipes() or not path.suffix):
+            path = recipe_path(str(config))  # a bare name ("xmodel2.5-1.3b" has a dot, so not by suffix)
         if not path.exists():
             raise SlmkitError(f"{path}: training config not found (shipped recipes: {', '.join(recipes())})")
         import yaml

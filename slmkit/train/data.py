@@ -270,6 +270,55 @@ class MixtureSampler:
         return np.stack([self.sources[n].read(s, o, self.window) for n, s, o in rows])
 
 
+class Prefetcher:
+    """Computes `make(step)` for steps [start, stop) one or two ahead in a background thread.
+
+    Batches are pure functions of the step, so drawing them early changes nothing but the wait;
+    `get(step)` hands them out in order (or computes one directly if asked out of order)."""
+
+    def __init__(self, make, start: int, stop: int, depth: int = 2) -> None:
+        import queue
+        import threading
+
+        self.make, self.next = make, start
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.closed = threading.Event()
+        self.thread = threading.Thread(target=self._work, args=(start, stop), daemon=True, name="slmkit-prefetch")
+        self.thread.start()
+
+    def _work(self, start: int, stop: int) -> None:
+        import queue
+
+        for step in range(start, stop):
+            try:
+                item = (step, self.make(step), None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the training thread, raised there
+                item = (step, None, exc)
+            while not self.closed.is_set():
+                try:
+                    self.queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if self.closed.is_set() or item[2] is not None:
+                return
+
+    def get(self, step: int):
+        if step != self.next or self.closed.is_set():
+            return self.make(step)
+        got, value, exc = self.queue.get()
+        self.next = step + 1
+        if exc is not None:
+            raise exc
+        if got != step:  # cannot happen while steps are asked in order; stay correct anyway
+            return self.make(step)
+        return value
+
+    def close(self) -> None:
+        self.closed.set()
+        self.thread.join(timeout=5)
+
+
 # ---------------------------------------------------------------- config sources -> token sources
 
 def source_key(spec: dict, tokenizer_dir: str | Path, base: Path | None) -> str:

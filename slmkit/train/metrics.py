@@ -26,7 +26,9 @@ def measured_matmul_flops(device: torch.device = torch.device("cpu"), n: int = 1
     global _PEAK
     if _PEAK is not None:
         return _PEAK
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    gen = torch.Generator(device=device).manual_seed(0)  # leaves the global RNG (saved in checkpoints) alone
+    a = torch.randn(n, n, device=device, generator=gen)
+    b = torch.randn(n, n, device=device, generator=gen)
     a @ b
     reps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:

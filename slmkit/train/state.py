@@ -62,6 +62,18 @@ def prune(ckpt_root: Path, keep_last: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def prune_orphans(ckpt_root: Path) -> list[Path]:
+    """Remove temp folders a killed save left behind (`.NAME.*.tmp`, `.NAME.old-PID`)."""
+    removed = []
+    if not ckpt_root.is_dir():
+        return removed
+    for p in ckpt_root.iterdir():
+        if p.name.startswith(".") and p.is_dir() and (p.name.endswith(".tmp") or ".old-" in p.name):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
 def find_resume(run_dir: Path) -> Path | None:
     root = run_dir / "checkpoints"
     latest = root / "LATEST"
