@@ -12,6 +12,13 @@ out and how model text becomes an action. An environment therefore comes with a 
         text += move.text + fmt.observation(i, obs.observation)
     (after max_steps: fmt.forced_final(i) names the action forced, e.g. "finish[]")
 
+The loop holds the text as token ids (slmkit.agents.trajectory: pieces tokenized as they are appended,
+model text kept as generated ids where they agree with `move.text`), and runs many episodes at once when
+the environment can `spawn()` independent copies. A move with `action=None` becomes the observation
+`Invalid action: {move.malformed}` without calling the environment; an environment that marks
+`StepResult.info["invalid"]` (with an optional `info["reason"]`) is counted as an invalid action too.
+`max_context_chars` cuts the text after the `prompt()` piece to its last N characters in every request.
+
 Environments never see model internals and never import serve: the loop owns the model.
 """
 
@@ -77,6 +84,18 @@ class Environment:
 
     def close(self) -> None:
         pass
+
+    # ---- optional (defaults keep older environments working) -------------------------------------
+    def spawn(self) -> "Environment":
+        """An independent environment for one more concurrent episode (sharing read-only data such as a
+        corpus), so the loop can decode many episodes at once. Default: `self`, i.e. this environment's
+        episodes run one at a time."""
+        return self
+
+    def episode_info(self) -> dict[str, Any]:
+        """Extra facts about the episode just scored, written into its trajectory record
+        (e.g. {"answer": ..., "gold": ...}); called after `score`."""
+        return {}
 
 
 class ReactFormat:
