@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: $(STAMP)
-	SLMKIT_FAST=1 $(PY) -m pytest -q -x -m "not slow"
+	$(PY) -m pytest -q -p no:cacheprovider -x -m "not slow and not long"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,5 +1,6 @@
 """Test setup: point SLMKIT_DATA at the shared data beside the checkout, keep caches out of $HOME."""
 
+import datetime
 import os
 from pathlib import Path
 
@@ -44,3 +45,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`long` tests (many minutes each) run all with SLMKIT_LONG=1; with SLMKIT_LONG_SAMPLE=1 (CI) one of them
+    runs, chosen by the day (so every long check runs in CI within a few days); otherwise they are skipped."""
+    long_items = sorted((i for i in items if i.get_closest_marker("long")), key=lambda i: i.nodeid)
+    if not long_items or os.environ.get("SLMKIT_LONG") == "1":
+        return
+    chosen = None
+    if os.environ.get("SLMKIT_LONG_SAMPLE") == "1":
+        chosen = long_items[datetime.date.today().toordinal() % len(long_items)].nodeid
+    for item in long_items:
+        if item.nodeid != chosen:
+            item.add_marker(pytest.mark.skip(reason="long check: SLMKIT_LONG=1 runs it (CI samples one per day)"))

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def test_demo_quick_runs_every_stage(tmp_path):
     out = tmp_path / "demo"
@@ -17,5 +19,24 @@ def test_demo_quick_runs_every_stage(tmp_path):
     assert stages["heldout"]["n"] > 0 and 0.0 <= stages["heldout"]["accuracy"] <= 1.0
     assert (out / "train" / "loss.png").stat().st_size > 0
     assert "Held-out exact match" in (out / "report.md").read_text()
-    # quick mode trains only a few dozen steps, so the summary may say the model is not yet above baseline
-    assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    assert stages["latency"]["results"] > 0 and stages["latency"]["failed"] == 0
+    # the summary's verdict is exactly "every stage ok and held-out accuracy above the trivial baseline", and
+    # the exit code says the same (quick mode trains only a few dozen steps, so the verdict is usually False)
+    held = stages["heldout"]
+    verdict = held["accuracy"] > held["baseline_accuracy"]
+    assert report["summary"]["ok"] is verdict
+    assert proc.returncode == (0 if verdict else 1), proc.stderr[-2000:]
+
+
+@pytest.mark.long
+@pytest.mark.timeout(3700)
+def test_full_demo_beats_the_trivial_baseline(tmp_path):
+    """The README's claim: the full demo (2,100 steps, ~10 min on 2 cores) answers more held-out problems
+    exactly than the best trivial baseline, with every stage ok."""
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "slmkit.cli", "demo", "--out", str(out)],
+                          capture_output=True, text=True, timeout=3600)
+    report = json.loads((out / "report.json").read_text())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    held = report["stages"]["heldout"]
+    assert held["n"] == 200 and held["accuracy"] > held["baseline_accuracy"], held

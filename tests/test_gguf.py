@@ -8,8 +8,8 @@ import shutil
 import pytest
 import torch
 
-llama_cpp = pytest.importorskip("llama_cpp")
-gguf = pytest.importorskip("gguf")
+import llama_cpp  # noqa: E402  (a core dependency: missing fails, not skips)
+import gguf  # noqa: E402
 
 from slmkit.corpus.synthetic import training_texts  # noqa: E402
 from slmkit.errors import SlmkitError  # noqa: E402

@@ -16,8 +16,8 @@ import pytest
 from benchdata import benchmark_strings as _benchmark_strings
 import torch
 
-llama_cpp = pytest.importorskip("llama_cpp")
-pytest.importorskip("gguf")
+import llama_cpp  # noqa: E402  (a core dependency: missing fails, not skips)
+import gguf  # noqa: E402,F401
 
 from slmkit.errors import SlmkitError  # noqa: E402
 from slmkit.export.gguf import export_gguf  # noqa: E402

@@ -18,6 +18,9 @@ def demo_latency(ctx: dict) -> dict:
                            out_dir=ctx["run_dir"] / "latency", gguf_types=(), onnx_types=(), parity=False,
                            raw_llama="none", progress=False, title="slmkit demo: nano model latency")
     rows = [r for r in report["results"] if r.get("ok")]
+    if not rows:  # a table of failures is not a latency measurement: the stage fails, naming the first error
+        first = next((r.get("error") for r in report["results"] if r.get("error")), "no measurement ran")
+        raise RuntimeError(f"every latency measurement failed ({len(report['results'])} rows); first: {first}")
     lines = ["| backend | type | decode tok/s | ratio to bound | prefill tok/s | TTFT ms | peak RSS MB | file MB |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
