@@ -23,8 +23,16 @@ STAGES = [
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one `error: …` line (exit 2) like every other bad input."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="slmkit", description="Train, evaluate, export and serve small reasoning LMs.")
+    parser = Parser(prog="slmkit", description="Train, evaluate, export and serve small reasoning LMs.")
     parser.add_argument("--version", action="version", version=f"slmkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in STAGES:
@@ -36,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
+        print("error: no command given (`slmkit --help` lists them)", file=sys.stderr)
         return 2
     try:
         code = args.func(args)
