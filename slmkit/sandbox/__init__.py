@@ -1,5 +1,6 @@
-"""Run untrusted (model-written) Python: a dropped uid, namespaces, seccomp, rlimits, a pass signal the
-program cannot forge. Used by the code metrics of evaluation (HumanEval / MBPP pass@1)."""
+"""Run untrusted (model-written) Python: a dropped uid, namespaces, seccomp, Landlock, rlimits, and a
+completion report sent by the trusted prelude only after the program ran to its end. Used by the
+code metrics of evaluation (HumanEval / MBPP pass@1); runner.py explains the walls and their limits."""
 
 from slmkit.sandbox.runner import STATUSES, SandboxResult, check_program, run_checked, run_many, run_program
 
