@@ -19,8 +19,9 @@ from types import SimpleNamespace
 import pytest
 
 from slmkit.errors import SlmkitError
+from slmkit.sandbox import check_program, procs, run_checked, run_many, run_program
 from slmkit.sandbox import runner as sandbox
-from slmkit.sandbox import check_program, run_checked, run_many, run_program
+from slmkit.sandbox.capture import Capture
 
 LIMITS = dict(memory_mb=256, max_procs=16, max_file_mb=4, max_output_bytes=4096)
 TIMEOUT = 2.0
@@ -28,10 +29,83 @@ IS_ROOT = os.geteuid() == 0
 TIMEOUTISH = {"timeout", "killed"}
 
 
-def _hostile_programs(canary: Path, outside: Path, in_repo: Path, tmp_escape: str, tcp_port: int,
-                      udp_port: int) -> dict[str, tuple[str, set[str]]]:
-    """name -> (source, acceptable failure statuses). Each ends in a state that passes only on escape."""
+CLONE_NR = 220 if os.uname().machine == "aarch64" else 56
+
+# Shared tail of the forging attempts: whatever looks like a token goes to stdout and to every fd
+# (the report pipe among them), then an early exit 0.
+EXFIL = (
+    "def _exfil(texts):\n"
+    "    import os, re\n"
+    "    found = sorted({m for t in texts for m in re.findall('[0-9a-f]{32,}', t if isinstance(t, str) else t.decode('latin-1'))})\n"
+    "    print('candidates:', found)\n"
+    "    for fd in range(3, 64):\n"
+    "        for c in found + ['passed', 'ok']:\n"
+    "            try:\n"
+    "                os.write(fd, c.encode())\n"
+    "            except OSError:\n"
+    "                pass\n"
+    "    os._exit(0)\n"
+)
+
+
+def _forgeries() -> dict[str, tuple[str, set[str]]]:
+    """Programs that try to be scored "passed" without running to their end; none knows the protocol."""
     return {
+        "forge_from_code_objects": (
+            EXFIL + "import sys\ntexts = []\nf = sys._getframe()\nwhile f is not None:\n"
+            "    texts += [c for c in f.f_code.co_consts if isinstance(c, (str, bytes))]\n"
+            "    texts += [repr(v) for v in list(f.f_locals.values()) + list(f.f_globals.values())]\n"
+            "    f = f.f_back\n_exfil(texts)\n", {"failed"}),
+        "forge_from_linecache": (EXFIL + "import linecache\n_exfil([''.join(v[2]) for v in linecache.cache.values()])\n",
+                                 {"failed"}),
+        "forge_from_argv_cmdline_environ": (
+            EXFIL + "import os, sys\ntexts = [repr(sys.argv), repr(getattr(sys, 'orig_argv', '')), repr(dict(os.environ))]\n"
+            "for p in ('/proc/self/cmdline', '/proc/self/environ', f'/proc/{os.getppid()}/cmdline',"
+            " f'/proc/{os.getppid()}/environ'):\n"
+            "    try:\n        texts.append(open(p, 'rb').read())\n    except OSError:\n        pass\n_exfil(texts)\n",
+            {"failed"}),
+        "forge_from_files": (
+            EXFIL + "import glob, os\ntexts = []\nfor d, _, names in os.walk(os.getcwd()):\n"
+            "    texts += [open(os.path.join(d, n), 'rb').read(1 << 20) for n in names]\n"
+            "for p in glob.glob('/tmp/*') + glob.glob(os.environ.get('HOME', '.') + '/*') + [__file__, 'program.py']:\n"
+            "    try:\n        texts.append(open(p, 'rb').read(1 << 16))\n    except OSError:\n        pass\n"
+            "_exfil(texts)\n", {"failed"}),
+        "forge_from_gc_objects": (
+            EXFIL + "import gc\ntexts = []\nfor o in gc.get_objects():\n    if isinstance(o, dict):\n"
+            "        texts += [v for v in o.values() if isinstance(v, (str, bytes))]\n"
+            "    elif isinstance(o, (list, tuple)):\n        texts += [v for v in o if isinstance(v, (str, bytes))]\n"
+            "_exfil(texts)\n", {"failed"}),
+        "forge_by_patching_exit_paths": (
+            "import builtins, os, sys\nsys.exit = os._exit = builtins.exit = lambda *a: None\n"
+            "os.write = lambda fd, data: len(data)\nos.read = lambda fd, n: b'0' * 48\nraise SystemExit(0)\n", {"failed"}),
+        "forge_in_atexit": ("import atexit\natexit.register(print, 'all tests passed')\nraise SystemExit(0)\n", {"failed"}),
+        "forge_by_exec_of_clean_python": (
+            "import os, sys\nos.execv(sys.executable, [sys.executable, '-c', 'print(1)'])\n", {"failed"}),
+        "forge_by_forking_away": ("import os\nif os.fork():\n    os._exit(0)\nassert False, 'tests fail in the child'\n",
+                                  {"failed"}),
+        "forge_by_signal_handler": (
+            "import os, signal, time\nsignal.signal(signal.SIGUSR1, lambda *a: os._exit(0))\n"
+            "os.kill(os.getpid(), signal.SIGUSR1)\ntime.sleep(5)\n", {"failed"}),
+        "forge_by_thread_exit": (
+            "import os, threading, time\nthreading.Thread(target=lambda: (time.sleep(0.2), os._exit(0))).start()\n"
+            "time.sleep(10)\nassert False\n", {"failed"}),
+        "forge_old_style_token": (
+            "import secrets, sys\nprint('slmkit-tests-completed-' + secrets.token_hex(16), flush=True)\nsys.exit(0)\n",
+            {"failed"}),
+        "forge_generic_fd_echo": (
+            "import os\ndata = b''\nfor fd in range(3, 64):\n    try:\n        os.set_blocking(fd, False)\n"
+            "        data += os.read(fd, 4096)\n    except OSError:\n        pass\nfor fd in range(3, 64):\n"
+            "    try:\n        os.write(fd, data)\n    except OSError:\n        pass\nos._exit(0)\n", {"failed"}),
+        "forge_junk_report_then_finish": (  # runs to its end, but the report it leaves is not the prelude's alone
+            "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'passed\\n')\n"
+            "    except OSError:\n        pass\n", {"failed"}),
+    }
+
+
+def _hostile_programs(canary: Path, outside: Path, in_repo: Path, tmp_escape: str, tcp_port: int,
+                      udp_port: int, abstract_name: str = "x") -> dict[str, tuple[str, set[str]]]:
+    """name -> (source, acceptable failure statuses). Each ends in a state that passes only on escape."""
+    return {**_forgeries(), **{
         "fork_bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n", TIMEOUTISH),
         "subprocess_bomb": (
             "import subprocess, sys\nkids = []\nwhile True:\n    try:\n"
@@ -97,20 +171,61 @@ def _hostile_programs(canary: Path, outside: Path, in_repo: Path, tmp_escape: st
             "        time.sleep(600)\n    os._exit(0)\ntime.sleep(0.2)\nraise SystemExit(3)\n", {"failed"}),
         "os_exit_zero_early": ("import os\nos._exit(0)\n", {"failed"}),
         "sys_exit_zero_early": ("import sys\nsys.exit(0)\n", {"failed"}),
-        "sabotage_print": ("import builtins\nbuiltins.print = lambda *a, **k: None\n", {"failed"}),
-        "dup2_stdout_to_devnull": ("import os\nos.dup2(os.open(os.devnull, os.O_WRONLY), 1)\n", {"failed"}),
-        "close_stdio": ("import os\nos.close(1)\nos.close(2)\n", {"failed"}),
+        "sabotage_print": ("import builtins, os\nbuiltins.print = lambda *a, **k: None\nos._exit(0)\n", {"failed"}),
+        "dup2_report_fd_to_devnull": (
+            "import os\nnull = os.open(os.devnull, os.O_WRONLY)\nfor fd in range(3, 64):\n    if fd != null:\n"
+            "        try:\n            os.dup2(null, fd)\n        except OSError:\n            pass\n"
+            "raise SystemExit(0)\n", {"failed"}),
+        "close_stdio_and_channels": ("import os\nos.closerange(1, 256)\nos._exit(0)\n", {"failed"}),
         "ctypes_segfault": ("import ctypes\nctypes.string_at(0)\n", {"killed"}),
         "signal_games": (
             "import signal\nfor s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM, signal.SIGXCPU):\n"
             "    signal.signal(s, signal.SIG_IGN)\nsignal.alarm(1)\nwhile True:\n    pass\n", TIMEOUTISH),
         "chmod_tempdir_and_root": ("import os\nos.chmod('.', 0)\nos.chmod('/', 0o777)\n", {"failed"}),
-        "inherited_fds": ("import os\nfds = os.listdir('/proc/self/fd')\nassert len(fds) > 4, fds\n", {"failed"}),
-    }
+        # 0-2 stdio, 4-5 the completion pipes, and the fd of this listdir itself: anything more leaked in
+        "inherited_fds": ("import os\nfds = os.listdir('/proc/self/fd')\nassert len(fds) > 6, fds\n", {"failed"}),
+        "io_uring_setup": (
+            "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nparams = ctypes.create_string_buffer(120)\n"
+            "fd = libc.syscall(425, 8, params)\nassert fd >= 0, ('io_uring_setup', ctypes.get_errno())\n", {"failed"}),
+        "unshare_user_namespace": (
+            "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            "assert libc.unshare(0x10000000) == 0, ('unshare', ctypes.get_errno())\n"
+            "assert libc.unshare(0x40000000 | 0x20000) == 0, ('unshare net+mnt as ns root', ctypes.get_errno())\n",
+            {"failed"}),
+        "clone_new_user_namespace": (
+            f"import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            f"pid = libc.syscall({CLONE_NR}, 0x10000000 | 17, 0, 0, 0, 0)\nif pid == 0:\n    os._exit(0)\n"
+            "assert pid > 0, ('clone(CLONE_NEWUSER)', ctypes.get_errno())\nos.waitpid(pid, 0)\n", {"failed"}),
+        "clone3_new_user_namespace": (
+            "import ctypes, os, struct\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            "args = ctypes.create_string_buffer(struct.pack('=11Q', 0x10000000, 0, 0, 0, 17, 0, 0, 0, 0, 0, 0), 88)\n"
+            "pid = libc.syscall(435, args, 88)\nif pid == 0:\n    os._exit(0)\n"
+            "assert pid > 0, ('clone3(CLONE_NEWUSER)', ctypes.get_errno())\n", {"failed"}),
+        "unshare_command": ("import subprocess\nsubprocess.run(['unshare', '--user', '--map-root-user', 'true'], check=True)\n",
+                            {"failed"}),
+        "abstract_unix_connect": (
+            "import ctypes, struct\nlibc = ctypes.CDLL(None, use_errno=True)\nfd = libc.socket(1, 1, 0)\n"
+            "assert fd >= 0, ('socket', ctypes.get_errno())\n"
+            f"name = b'\\0' + {abstract_name.encode()!r}\naddr = struct.pack('=H', 1) + name\n"
+            "assert libc.connect(fd, addr, len(addr)) == 0, ('connect', ctypes.get_errno())\n"
+            "assert libc.send(fd, b'pwned', 5, 0) == 5\n", {"failed"}),
+        "symlink_traps_for_cleanup": (  # the evaluator's cleanup must unlink these, never follow them
+            "import os\ncwd = os.getcwd()\n"
+            f"os.symlink({str(canary)!r}, 'dir_link')\nos.symlink({str(canary / 'keep.txt')!r}, 'file_link')\n"
+            f"os.symlink({str(outside.parent)!r}, 'parent_link')\nos.symlink('/', 'root_link')\n"
+            f"os.makedirs('deep/er')\nos.symlink({str(canary)!r}, 'deep/er/link')\n"
+            "for d in ('/tmp', '/var/tmp', '/dev/shm'):\n    try:\n"
+            f"        os.symlink({str(canary)!r}, os.path.join(d, f'slmkit-trap-{{os.getpid()}}'))\n"
+            "    except OSError:\n        pass\n"
+            "try:  # swap our own dir for a link to the canary (the parent must not let us)\n"
+            f"    os.rename(cwd, cwd + '-moved')\n    os.symlink({str(canary)!r}, cwd)\nexcept OSError:\n    pass\n"
+            "os._exit(0)  # the damage would happen after the run: test_filesystem_damage_contained looks\n",
+            {"failed"}),
+    }}
 
 
 def _uid_procs(uid: int) -> list[int]:
-    return sandbox._procs(uid=uid)
+    return procs.find(uid=uid)
 
 
 @pytest.fixture(scope="module", params=["namespaces", "no_namespaces"])
@@ -128,13 +243,20 @@ def hostile(request, tmp_path_factory):
     tcp = socket.create_server(("127.0.0.1", 0))
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", 0))
-    programs = _hostile_programs(canary, outside, in_repo, tmp_escape, tcp.getsockname()[1], udp.getsockname()[1])
+    abstract_name = f"slmkit-test-{secrets.token_hex(6)}"
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix.bind("\0" + abstract_name)
+    unix.listen()
+    programs = _hostile_programs(canary, outside, in_repo, tmp_escape, tcp.getsockname()[1], udp.getsockname()[1],
+                                 abstract_name)
     sbx_dirs_before = set(Path(tempfile.gettempdir()).glob("slmkit-sbx-*"))
     fds_before = len(os.listdir("/proc/self/fd"))
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SLMKIT_SECRET", secret)
         mp.setattr(sandbox, "_USE_NAMESPACES", request.param == "namespaces")
+        tokens = []
+        mp.setattr(sandbox, "_new_token", lambda real=sandbox._new_token: tokens.append(real()) or tokens[-1])
         start = time.monotonic()
         results = run_many([src for src, _ in programs.values()], workers=2, timeout=TIMEOUT, check=True, **LIMITS)
         elapsed = time.monotonic() - start
@@ -151,13 +273,19 @@ def hostile(request, tmp_path_factory):
         received.append(udp.recvfrom(4096))
     except BlockingIOError:
         pass
+    unix.setblocking(False)
+    try:
+        accepted.append(unix.accept())
+    except BlockingIOError:
+        pass
     tcp.close()
     udp.close()
+    unix.close()
     print(f"\n{len(programs)} hostile programs ({request.param}) in {elapsed:.1f}s")
     yield SimpleNamespace(
         mode=request.param, programs=programs, results=dict(zip(programs, results)), elapsed=elapsed, canary=canary,
         outside=outside, in_repo=in_repo, tmp_escape=tmp_escape, secret=secret, accepted=accepted,
-        received=received, sbx_dirs_before=sbx_dirs_before, fds=(fds_before, fds_after),
+        received=received, sbx_dirs_before=sbx_dirs_before, fds=(fds_before, fds_after), tokens=tokens,
     )
     for path in (in_repo, Path(tmp_escape)):  # only present if the sandbox failed
         if path.exists():
@@ -167,6 +295,7 @@ def hostile(request, tmp_path_factory):
 def test_there_are_at_least_25_hostile_programs(hostile):
     assert len(hostile.programs) >= 25
     assert len(hostile.results) == len(hostile.programs)
+    assert len(set(hostile.tokens)) == len(hostile.programs), "every checked run gets its own completion token"
 
 
 @pytest.mark.parametrize("name", sorted(_hostile_programs(Path("/c/x"), Path("/o"), Path("/r"), "/t", 1, 2)))
@@ -179,13 +308,15 @@ def test_hostile_program_is_scored_as_failure(hostile, name):
 
 def test_filesystem_damage_contained(hostile):
     assert (hostile.canary / "keep.txt").read_text() == "alive"
+    assert sorted(p.name for p in hostile.canary.iterdir()) == ["keep.txt"]
+    assert hostile.outside.parent.is_dir() and (hostile.outside.parent / "canary").is_dir()
     assert not hostile.outside.exists()
     assert not hostile.in_repo.exists()
     assert not os.path.exists(hostile.tmp_escape)
 
 
 def test_no_network_traffic_arrived(hostile):
-    assert hostile.accepted == [], "a sandboxed program reached the evaluator's TCP listener"
+    assert hostile.accepted == [], "a sandboxed program reached the evaluator's TCP or abstract AF_UNIX listener"
     assert hostile.received == [], "a sandboxed program reached the evaluator's UDP socket"
     for name in ("tcp_connect", "raw_socket_reimport", "ctypes_socket_connect", "udp_send", "dns_exfiltration"):
         assert "PermissionError" in hostile.results[name].stderr or "AssertionError" in hostile.results[name].stderr
@@ -200,6 +331,9 @@ def test_evaluator_survived_signals(hostile):
 def test_secrets_not_leaked(hostile):
     for name, r in hostile.results.items():
         assert hostile.secret not in r.stdout + r.stderr, name
+        for token in hostile.tokens:  # the forging programs printed every token-like string they found
+            assert token not in r.stdout + r.stderr, name
+            assert sandbox.completion_report(token.encode()).decode() not in r.stdout + r.stderr, name
     assert "root:" not in hostile.results["read_etc_shadow"].stdout
     env_out = hostile.results["env_secret"].stdout
     assert "PATH" in env_out and "SLMKIT" not in env_out
@@ -218,7 +352,7 @@ def test_no_sandbox_process_or_file_left(hostile):
     assert None not in uids
     for uid in uids:
         assert _uid_procs(uid) == [], f"uid {uid} still has processes"
-        for d in sandbox._SHARED_WRITABLE:
+        for d in procs.SHARED_WRITABLE:
             if os.path.isdir(d):
                 left = [e.path for e in os.scandir(d) if e.stat(follow_symlinks=False).st_uid == uid]
                 assert left == [], left
@@ -323,7 +457,7 @@ def test_bad_arguments_are_one_line_errors():
 
 
 def test_capture_keeps_head_and_tail():
-    cap = sandbox._Capture(200)
+    cap = Capture(200)
     for i in range(1000):
         cap.add(f"{i:05d}\n".encode())
     text = cap.text()
@@ -335,3 +469,4 @@ def test_capture_keeps_head_and_tail():
 def test_signal_enum_names_are_reported():
     r = run_program("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n", timeout=5)
     assert r.status == "killed" and "SIGTERM" in r.detail and r.returncode == -signal.SIGTERM
+
