@@ -1,13 +1,18 @@
 """Checkpoint directories: slmkit.json + model.safetensors + tokenizer files (+ trainer/ state).
 
-Written atomically (temp dir + rename), so a crash mid-save never damages the previous checkpoint;
-loading checks every file and names the one that is missing, corrupt or mismatched.
+Written atomically: every file goes into a temp folder, is fsynced, the meta file (sha256 and size of
+every other file) is written last, and only then is the folder renamed into place and its parent
+fsynced; so a crash or kill -9 mid-save leaves the previous checkpoints as they were (plus a temp
+folder that the trainer removes) and a checkpoint that exists is complete on disk. Loading checks
+every file and names the one that is missing, corrupt or mismatched.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Callable
+
+import os
 
 import torch
 
@@ -32,8 +37,9 @@ def state_dict_for_save(model: Transformer) -> dict[str, torch.Tensor]:
 
 
 def write_checkpoint_files(folder: Path, model: Transformer, tokenizer_dir: str | Path | None = None,
-                           meta: dict[str, Any] | None = None) -> None:
-    """Fill an (empty, usually temporary) folder with a checkpoint."""
+                           meta: dict[str, Any] | None = None, extra: Callable[[Path], None] | None = None) -> None:
+    """Fill an (empty, usually temporary) folder with a checkpoint; `extra(folder)` adds more files
+    (trainer state) before the meta file, which records the sha256 and size of each file it names."""
     from safetensors.torch import save_file
 
     from slmkit.model.tokenizer import copy_tokenizer_files
@@ -41,14 +47,40 @@ def write_checkpoint_files(folder: Path, model: Transformer, tokenizer_dir: str 
     save_file(state_dict_for_save(model), str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     if tokenizer_dir is not None:
         copy_tokenizer_files(tokenizer_dir, folder)
+    before = {p for p in folder.rglob("*") if p.is_file()}
+    if extra is not None:
+        extra(folder)
+    hashed = [folder / WEIGHTS_FILE] + sorted(p for p in folder.rglob("*") if p.is_file() and p not in before)
     record = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model": model.cfg.to_dict(),
-        "files": {WEIGHTS_FILE: {"sha256": sha256_file(folder / WEIGHTS_FILE), "bytes": (folder / WEIGHTS_FILE).stat().st_size}},
+        "files": {p.relative_to(folder).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                  for p in hashed},
         "meta": meta or {},
     }
     atomic_write_json(folder / META_FILE, record)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file and folder under `folder` (the data is on disk before the folder is renamed)."""
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(root))
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory, so a rename inside it survives a crash."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(path: str | Path, model: Transformer, tokenizer_dir: str | Path | None = None,
@@ -56,10 +88,27 @@ def save_checkpoint(path: str | Path, model: Transformer, tokenizer_dir: str | P
     """Atomically write a checkpoint folder; `extra(tmp_dir)` adds trainer state inside the same swap."""
     path = Path(path)
     with atomic_dir(path) as tmp:
-        write_checkpoint_files(tmp, model, tokenizer_dir, meta)
-        if extra is not None:
-            extra(tmp)
+        write_checkpoint_files(tmp, model, tokenizer_dir, meta, extra)
+        fsync_tree(tmp)
+    fsync_dir(path.parent)
     return path
+
+
+def verify_files(path: str | Path, record: dict[str, Any], names: list[str] | None = None) -> None:
+    """Check the size and sha256 of the files the meta record lists (or just `names`); one error line
+    naming the first file that is missing, truncated or changed."""
+    path = Path(path)
+    for name, expected in (record.get("files") or {}).items():
+        if names is not None and name not in names:
+            continue
+        file = path / name
+        if not file.exists():
+            raise SlmkitError(f"{file}: missing")
+        size = file.stat().st_size
+        if expected.get("bytes") is not None and size != expected["bytes"]:
+            raise SlmkitError(f"{file}: {size} bytes, expected {expected['bytes']} (truncated or replaced)")
+        if expected.get("sha256") and sha256_file(file) != expected["sha256"]:
+            raise SlmkitError(f"{file}: sha256 mismatch (corrupt file)")
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
@@ -90,8 +139,8 @@ def load_state(path: str | Path, verify: bool = True) -> tuple[ModelConfig, dict
     size = weights.stat().st_size
     if expected.get("bytes") is not None and size != expected["bytes"]:
         raise SlmkitError(f"{weights}: {size} bytes, expected {expected['bytes']} (truncated or replaced)")
-    if verify and expected.get("sha256") and sha256_file(weights) != expected["sha256"]:
-        raise SlmkitError(f"{weights}: sha256 mismatch (corrupt file)")
+    if verify:
+        verify_files(path, record, [WEIGHTS_FILE])
     try:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:

@@ -50,8 +50,7 @@ class MetricsLog:
         if not enabled:
             return
         if resume_step is not None and self.path.exists():
-            keep = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", -1) < resume_step]
+            keep = [line for line, rec in _parse_lines(self.path) if rec.get("step", -1) < resume_step]
             atomic_write_text(self.path, "".join(line + "\n" for line in keep))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
@@ -74,6 +73,14 @@ class MetricsLog:
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                     self.tb.add_scalar(f"train/{key}", value, record["step"])
 
+    def sync(self) -> None:
+        """fsync the lines written so far (before a checkpoint that claims those steps are done)."""
+        if self.enabled:
+            import os
+
+            self.file.flush()
+            os.fsync(self.file.fileno())
+
     def close(self) -> None:
         if not self.enabled:
             return
@@ -82,10 +89,25 @@ class MetricsLog:
             self.tb.close()
 
 
+def _parse_lines(path: Path) -> list[tuple[str, dict]]:
+    """(line, record) for each readable line; a line a kill cut short (not JSON) is dropped."""
+    out = []
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append((line, rec))
+    return out
+
+
 def read_metrics(path: Path) -> list[dict]:
     if not Path(path).exists():
         return []
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [rec for _, rec in _parse_lines(path)]
 
 
 def save_fig(fig, path: Path) -> None:

@@ -227,16 +227,20 @@ class Trainer:
         cfg, dist = self.cfg, self.dist
         torch.manual_seed(int(cfg["seed"]))
         self.model = Transformer(self.mcfg)
-        self.resume_path = None
-        if resume:
-            self.resume_path = state_mod.find_resume(self.run_dir) if resume is True else Path(resume)
-        self.tstate = None
-        if self.resume_path is not None:
-            from slmkit.model.checkpoint import load_state, load_weights_checked
+        self.resume_path, self.tstate, tensors = None, None, None
+        if resume is True:  # the newest checkpoint that loads cleanly (damaged ones skipped, with a warning)
+            found = state_mod.open_resume(self.run_dir)
+            if found:
+                self.resume_path, tensors, self.tstate = found
+        elif resume:  # a named checkpoint: it must load cleanly
+            self.resume_path = Path(resume)
+            tensors, self.tstate = state_mod.load_verified(self.resume_path)
+        if tensors is not None:
+            from slmkit.model.checkpoint import load_weights_checked
 
-            self.tstate = state_mod.load(self.resume_path)  # checks the state file's sha256 first
-            _, tensors, _ = load_state(self.resume_path)
             load_weights_checked(self.model, tensors, self.resume_path / "model.safetensors")
+            if dist.is_main:
+                print(f"train: resuming from {self.resume_path} (step {int(self.tstate['step'])})", file=sys.stderr)
         self.precision = self.tcfg["precision"]
         self.fp8_backend, self.fp8_layers = None, []
         if self.precision == "fp8":
@@ -461,6 +465,7 @@ class Trainer:
     def checkpoint(self, name: str, step: int) -> Path | None:
         """Save RUN/checkpoints/<name> (state to run `step` next); collective under FSDP; rank 0 writes."""
         self.flush()
+        self.metrics.sync()
         save_model, opt_states = self.model, None
         if self.fsdp:  # gather full (unsharded) model and optimizer state; collective on every rank
             from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
