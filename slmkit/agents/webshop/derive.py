@@ -35,7 +35,7 @@ from slmkit.paths import atomic_dir, atomic_write_json, cache_dir, data_dir, rea
 from .reward import COLOR_SET, FUZZY_THRESHOLD, normalize_color, token_set_ratio
 from .tasks import EXPEL_FILE, NO_PRICE_BOUND, instruction_body, load_expel_tasks
 
-VERSION = 1
+VERSION = 2
 DEFAULT_SEED = 233
 CATALOG_SIZE = 1000
 HUMAN_GOALS = "human_goals.json"
@@ -122,11 +122,12 @@ class AttributeVocabulary:
 
 def fallback_attribute(body: str) -> str:
     """A goal needs >= 1 attribute (goal.py divides by their count): the first two adjacent content words
-    of the request that are neither colours, sizes, numbers nor stop words."""
+    of the request that are neither colours, sizes, numbers, one letter nor stop words."""
     words = _words(_LEAD.sub("", body, count=1))
 
     def content(w: str) -> bool:
-        return w not in _STOP and not w.isdigit() and normalize_color(w) == w and not any(c.isdigit() for c in w)
+        return (len(w) > 1 and w not in _STOP and w not in COLOR_SET and w not in _SIZE_WORDS
+                and w not in ("size", "women", "men", "womens", "mens") and not any(c.isdigit() for c in w))
 
     for a, b in zip(words, words[1:]):
         if content(a) and content(b):

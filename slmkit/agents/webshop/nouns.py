@@ -48,5 +48,6 @@ class NounTagger:
         return list(hit)
 
     def describe(self) -> str:
-        meta = self._nlp.meta
-        return f"spaCy {meta.get('spacy_version', '?')} model {self.model} {meta.get('version', '?')}"
+        import spacy
+
+        return f"spaCy {spacy.__version__}, model {self.model} {self._nlp.meta.get('version', '?')}"

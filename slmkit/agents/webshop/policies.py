@@ -10,14 +10,12 @@ Buy Now) until it buys or ReAct's 14 actions are spent.
 from __future__ import annotations
 
 import random
-import re
 
 from slmkit.agents.base import StepResult, Task
 
 from .env import WebShopEnv
 from .tasks import instruction_body
 
-_BRACKETED = re.compile(r"\[\[?([^\[\]]+)\]\]?")
 
 
 def _run(env: WebShopEnv, task: Task, actions, max_steps: int) -> tuple[list[str], list[StepResult]]:
