@@ -23,7 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "tokenizer": {"path": None, "train_bpe": None},
     "data": {
         "sources": {"synthetic": {"type": "synthetic", "docs": 20000, "seed": 0}},
-        "mix": {"stable": {"synthetic": 1.0}},  # phase -> {source: weight}; phases: stable, decay
+        "mix": {"stable": {"synthetic": 1.0}},  # phase -> {source: weight}; phases: stable, decay, long
         "cache_dir": None,  # where auto-prepared shards go (default RUN_DIR/data)
         "align": "token",  # token: windows start anywhere; doc: windows start at a document start
     },
@@ -34,7 +34,7 @@ DEFAULTS: dict[str, Any] = {
         "grad_accum": 1,
         "grad_clip": 1.0,
         "precision": "fp32",  # fp32 | bf16 | fp8
-        "compile": False,
+        "compile": "auto",  # auto: on CUDA, and on CPU for runs of >= 200 steps with a C++ compiler
         "max_bad_steps": 5,  # consecutive non-finite steps before stopping
         "threads": "auto",  # CPU threads: auto = free cores
     },
@@ -56,8 +56,14 @@ DEFAULTS: dict[str, Any] = {
         "muon": {"momentum": 0.95, "nesterov": True, "ns_steps": 5, "adjust_lr_fn": "match_rms_adamw",
                  "mup_lr_scale": True, "ns_dtype": "auto"},
     },
+    # Long-context extension stage (phase "long", after the schedule's steps; Xmodel-2.5 ends with one):
+    # its own sequence length, RoPE base and LR; tokens per step kept (rows = batch_tokens / seq_len);
+    # data from data.mix.long (default: the decay mix), windows inside one document unless align: token.
+    "long_context": {"steps": 0, "seq_len": 512, "rope_theta": None, "batch_tokens": None, "lr": None,
+                     "warmup": 0.1, "decay": 0.3, "align": "within_doc"},
     "fp8": {"backend": "auto", "min_dim": 256, "amax_history": 1},  # auto: torchao on CUDA, emulation on CPU
-    "checkpoint": {"every": 0, "keep_last": 2, "milestones": ["stable-end"], "final": True},
+    # milestones: stable-end (first decay step), decay-end (first long-context step, when there is a stage)
+    "checkpoint": {"every": 0, "keep_last": 2, "milestones": ["stable-end", "decay-end"], "final": True},
     "log": {"every": 10, "tensorboard": True, "plots": True, "progress": True},
     "eval": {"synthetic_heldout": 0, "max_new_tokens": 48, "every": 0},
     "distributed": {"strategy": "ddp"},  # ddp | fsdp (used under torchrun)
@@ -216,6 +222,8 @@ def validate(cfg: dict, source: str = "config") -> None:
         raise SlmkitError(f"{source}: field 'optimizer.betas'={betas!r} must be two numbers in [0, 1)")
     _choice(cfg, "optimizer.muon.adjust_lr_fn", ("match_rms_adamw", "original"), source)
     _choice(cfg, "optimizer.muon.ns_dtype", ("auto", "fp32", "bf16"), source)
+    _choice(cfg, "train.compile", (True, False, "auto"), source)
+    _validate_long(cfg, source)
     _choice(cfg, "fp8.backend", ("auto", "emulate", "torchao", "te"), source)
     _num(cfg, "fp8.min_dim", source, nonneg=True, integer=True)
     _num(cfg, "fp8.amax_history", source, positive=True, integer=True)
@@ -239,10 +247,10 @@ def validate(cfg: dict, source: str = "config") -> None:
                               "synthetic, jsonl, text, prepared")
     mix = cfg["data"].get("mix")
     if not isinstance(mix, dict) or "stable" not in mix:
-        raise SlmkitError(f"{source}: field 'data.mix' must map phases (stable[, decay]) to source weights")
+        raise SlmkitError(f"{source}: field 'data.mix' must map phases (stable[, decay, long]) to source weights")
     for phase, weights in mix.items():
-        if phase not in ("stable", "decay"):
-            raise SlmkitError(f"{source}: field 'data.mix.{phase}' is not a phase (use stable or decay)")
+        if phase not in ("stable", "decay", "long"):
+            raise SlmkitError(f"{source}: field 'data.mix.{phase}' is not a phase (use stable, decay or long)")
         if not isinstance(weights, dict) or not weights:
             raise SlmkitError(f"{source}: field 'data.mix.{phase}'={weights!r} must map sources to weights")
         for name, w in weights.items():
@@ -252,3 +260,35 @@ def validate(cfg: dict, source: str = "config") -> None:
                 raise SlmkitError(f"{source}: field 'data.mix.{phase}.{name}'={w!r} must be a non-negative weight")
         if sum(weights.values()) <= 0:
             raise SlmkitError(f"{source}: field 'data.mix.{phase}' weights sum to 0")
+
+
+def _validate_long(cfg: dict, source: str) -> None:
+    if not isinstance(cfg.get("long_context"), dict):
+        raise SlmkitError(f"{source}: field 'long_context'={cfg.get('long_context')!r} must be a mapping")
+    _num(cfg, "long_context.steps", source, nonneg=True, integer=True)
+    if not cfg["long_context"]["steps"]:
+        return
+    lc = cfg["long_context"]
+    _num(cfg, "long_context.seq_len", source, positive=True, integer=True)
+    for key in ("rope_theta", "lr"):
+        if lc.get(key) is not None:
+            _num(cfg, f"long_context.{key}", source, positive=True)
+    _num(cfg, "long_context.warmup", source, nonneg=True)
+    _num(cfg, "long_context.decay", source, nonneg=True)
+    _choice(cfg, "long_context.align", ("within_doc", "doc", "token"), source)
+    tokens = lc.get("batch_tokens")
+    if tokens is not None:
+        _num(cfg, "long_context.batch_tokens", source, positive=True, integer=True)
+    else:
+        tokens = cfg["train"]["batch_size"] * cfg["train"]["seq_len"]
+    if tokens % lc["seq_len"] or (tokens // lc["seq_len"]) % cfg["train"]["grad_accum"]:
+        raise SlmkitError(f"{source}: field 'long_context.batch_tokens'={tokens} must be a multiple of "
+                          f"long_context.seq_len={lc['seq_len']} × train.grad_accum={cfg['train']['grad_accum']} "
+                          "(tokens per step are kept constant)")
+
+
+def long_rows(cfg: dict) -> int:
+    """Global sequences per step in the long-context stage (same tokens per step as before)."""
+    lc = cfg["long_context"]
+    tokens = lc.get("batch_tokens") or cfg["train"]["batch_size"] * cfg["train"]["seq_len"]
+    return int(tokens) // int(lc["seq_len"])

@@ -206,7 +206,7 @@ class TokenSource:
         self.dtype = np.dtype(manifest["dtype"])
         self.vocab_size = manifest["vocab_size"]
         self.tokens = manifest["sources"][name]["tokens"]
-        self.arrays, self.index_files, self._starts = [], [], None
+        self.arrays, self.index_files, self._starts, self._inside = [], [], None, None
         for shard in manifest["sources"][name]["shards"]:
             path = prepared_dir / shard["file"]
             if not path.exists() or path.stat().st_size != shard["tokens"] * self.dtype.itemsize:
@@ -224,12 +224,39 @@ class TokenSource:
             self._starts = (window, starts)
         return self._starts[1]
 
-    def check(self, window: int) -> None:
+    def inside_doc_windows(self, window: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per shard, (document starts, cumulative count of windows) over documents of >= `window` tokens."""
+        key = ("inside", window)
+        if self._inside is None or self._inside[0] != key:
+            out = []
+            for arr, idx in zip(self.arrays, self.index_files):
+                starts = np.load(idx)
+                lengths = np.diff(np.append(starts, arr.size))
+                fits = lengths >= window
+                out.append((starts[fits], np.cumsum(lengths[fits] - window + 1)))
+            self._inside = (key, out)
+        return self._inside[1]
+
+    def check(self, window: int, align: str = "token") -> None:
+        if align == "within_doc":
+            if not any(len(s) for s, _ in self.inside_doc_windows(window)):
+                raise SlmkitError(f"data source '{self.name}': no document has {window} tokens (needed for "
+                                  "long-context windows inside one document; use long_context.align: token to pack)")
+            return
         if not any(a.size >= window for a in self.arrays):
             raise SlmkitError(f"data source '{self.name}': {self.tokens} tokens, shorter than one window of {window}")
 
     def draw(self, rng: np.random.Generator, window: int, align: str = "token") -> tuple[int, int]:
-        """(shard, offset) of a uniformly random window; align='doc' starts it at a document start."""
+        """(shard, offset) of a uniformly random window; align='doc' starts it at a document start,
+        'within_doc' keeps it inside one document (uniform over all such windows)."""
+        if align == "within_doc":
+            per_shard = self.inside_doc_windows(window)
+            counts = np.array([float(c[-1]) if len(c) else 0.0 for _, c in per_shard])
+            shard = int(rng.choice(len(counts), p=counts / counts.sum())) if len(counts) > 1 else 0
+            starts, cum = per_shard[shard]
+            u = int(rng.integers(0, cum[-1]))
+            doc = int(np.searchsorted(cum, u, side="right"))
+            return shard, int(starts[doc]) + u - (int(cum[doc - 1]) if doc else 0)
         if align == "doc":
             starts = self.doc_starts(window)
             counts = np.array([len(s) for s in starts], dtype=np.float64)
@@ -255,7 +282,7 @@ class MixtureSampler:
             w = np.array([weights[n] for n in names], dtype=np.float64)
             self.mix[phase] = (names, w / w.sum())
         for name in {n for names, _ in self.mix.values() for n in names}:
-            sources[name].check(self.window)
+            sources[name].check(self.window, align)
 
     def phase_mix(self, phase: str):
         return self.mix.get(phase) or self.mix["stable"]

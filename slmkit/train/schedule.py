@@ -2,7 +2,9 @@
 
 WSD (Warmup-Stable-Decay, MiniCPM / Xmodel-2.5): linear warmup, constant plateau, then a decay of
 chosen shape down to a floor. Cosine is there for comparison. `phase(step)` tells the trainer
-when the decay starts (data mixture switch, AdamW→Muon hand-over, `stable-end` milestone).
+when the decay starts (data mixture switch, AdamW→Muon hand-over, `stable-end` milestone) and when
+the optional long-context stage begins: `long` steps after `total`, with their own small WSD
+(warmup, plateau at the stage's LR, decay of the same shape).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class Schedule:
     decay: int
     shape: str = "1-sqrt"
     floor: float = 0.0  # min lr as a fraction of lr
+    long: "Schedule | None" = None  # the long-context stage, run after `total` steps
 
     @classmethod
     def from_config(cls, cfg: dict) -> "Schedule":
@@ -32,7 +35,25 @@ class Schedule:
         decay = _steps(s["decay"], total) if s["type"] == "wsd" else 0
         warmup = _steps(s["warmup"], total)
         warmup = min(warmup, total - decay)
-        return cls(s["type"], float(s["lr"]), total, warmup, decay, s["decay_shape"], float(s["min_lr_ratio"]))
+        long = None
+        lc = cfg.get("long_context") or {}
+        if int(lc.get("steps") or 0) > 0:
+            n = int(lc["steps"])
+            lr = float(lc["lr"]) if lc.get("lr") is not None else 0.1 * float(s["lr"])
+            ldecay = _steps(float(lc.get("decay", 0.3)), n)
+            lwarm = min(_steps(float(lc.get("warmup", 0.1)), n), n - ldecay)
+            long = cls("wsd", lr, n, lwarm, ldecay, s["decay_shape"], float(s["min_lr_ratio"]))
+        return cls(s["type"], float(s["lr"]), total, warmup, decay, s["decay_shape"], float(s["min_lr_ratio"]), long)
+
+    @property
+    def steps(self) -> int:
+        """All steps of the run: the schedule's plus the long-context stage's."""
+        return self.total + (self.long.total if self.long else 0)
+
+    @property
+    def long_start(self) -> int:
+        """First step of the long-context stage (== steps when there is none)."""
+        return self.total if self.long else self.steps
 
     @property
     def decay_start(self) -> int:
@@ -40,6 +61,8 @@ class Schedule:
         return self.total - self.decay if self.kind == "wsd" else self.total
 
     def phase(self, step: int) -> str:
+        if self.long is not None and step >= self.total:
+            return "long"
         return "decay" if self.kind == "wsd" and self.decay > 0 and step >= self.decay_start else "stable"
 
     def factor(self, step: int) -> float:
@@ -67,6 +90,8 @@ class Schedule:
         return self.floor + (1 - self.floor) * g
 
     def lr_at(self, step: int) -> float:
+        if self.long is not None and step >= self.total:
+            return self.long.lr_at(step - self.total)
         return self.lr * self.factor(step)
 
 
@@ -81,7 +106,7 @@ def plot_schedules(schedules: dict[str, Schedule], path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, sch in schedules.items():
-        xs = list(range(sch.total))
+        xs = list(range(sch.steps))
         ax.plot(xs, [sch.lr_at(i) for i in xs], label=name)
     ax.set_xlabel("step")
     ax.set_ylabel("learning rate")

@@ -290,7 +290,36 @@ class Trainer:
         if dist.is_main and cfg["log"]["plots"]:
             plot_schedules({cfg["schedule"]["type"]: self.sched}, self.run_dir / "schedule.png")
         self.batch_size, self.accum = int(self.tcfg["batch_size"]), int(self.tcfg["grad_accum"])
+        self.total_steps = self.sched.steps
+        self.long_sampler = None
+        if self.sched.long is not None:
+            from slmkit.train.config import long_rows
+
+            lc, mix = cfg["long_context"], cfg["data"]["mix"]
+            self.long_rows, self.long_seq_len = long_rows(cfg), int(lc["seq_len"])
+            if self.long_rows % (dist.world * self.accum):
+                raise SlmkitError(f"config: long_context: {self.long_rows} rows per step must be divisible by "
+                                  f"world_size×grad_accum={dist.world * self.accum}")
+            long_mix = mix.get("long") or mix.get("decay") or mix["stable"]
+            self.long_sampler = data_mod.MixtureSampler(self.sources, {"long": long_mix}, int(cfg["seed"]),
+                                                        self.long_seq_len, align=lc.get("align", "within_doc"))
+            if self.start > self.sched.long_start:  # resumed inside the stage
+                self.enter_long_context()
         self.prefetch = None
+
+    def rows_at(self, step: int) -> tuple[int, int]:
+        """(global sequences, sequence length) of the batch at `step`."""
+        if self.long_sampler is not None and step >= self.sched.long_start:
+            return self.long_rows, self.long_seq_len
+        return self.batch_size, self.seq_len
+
+    def enter_long_context(self) -> None:
+        """The model settings of the long-context stage: RoPE base and context length (the checkpoint
+        and every export record them: HF rope_theta / max_position_embeddings, GGUF, ONNX)."""
+        lc = self.cfg["long_context"]
+        if lc.get("rope_theta") is not None:
+            self.model.cfg.rope_theta = float(lc["rope_theta"])
+        self.model.cfg.max_seq_len = max(self.model.cfg.max_seq_len, int(lc["seq_len"]))
 
     def setup_metrics(self) -> None:
         cfg, dist = self.cfg, self.dist
@@ -301,6 +330,7 @@ class Trainer:
         self.milestones: dict[str, str] = {}
         self.losses: list[float] = []
         self.pending: list[PendingStep] = []
+        self.run_tokens = 0
         self.last_record: dict = {}
         self.last_good: Path | None = self.resume_path
         self.window_t, self.window_tokens = time.perf_counter(), 0
@@ -315,7 +345,7 @@ class Trainer:
             self.autocast = fp8_mod.autocast(self.fp8_backend, int(self.cfg["fp8"]["amax_history"]))
         else:
             self.autocast = contextlib.nullcontext()
-        self.compiled, why = want_compile(self.tcfg.get("compile", "auto"), self.device, self.sched.total)
+        self.compiled, why = want_compile(self.tcfg.get("compile", "auto"), self.device, self.sched.steps)
         self.compile_note = why
         self.loss_fn = torch.compile(self.forward_loss) if self.compiled else self.forward_loss
         if self.compiled and self.dist.is_main:
@@ -365,8 +395,9 @@ class Trainer:
 
     def host_batch(self, step: int) -> torch.Tensor:
         """This rank's rows of the global batch at `step` (CPU tensor; pinned when training on CUDA)."""
-        rows = torch.from_numpy(self.sampler.batch(step, self.sched.phase(step), self.batch_size,
-                                                   self.dist.rank, self.dist.world))
+        phase = self.sched.phase(step)
+        sampler = self.long_sampler if phase == "long" else self.sampler
+        rows = torch.from_numpy(sampler.batch(step, phase, self.rows_at(step)[0], self.dist.rank, self.dist.world))
         return rows.pin_memory() if self.device.type == "cuda" else rows
 
     def batch(self, step: int) -> torch.Tensor:
@@ -374,12 +405,16 @@ class Trainer:
         return rows.to(self.device, non_blocking=True)
 
     def begin_step(self, step: int) -> None:
-        """Phase boundaries: at the first decay step the `stable-end` milestone and the Muon hand-over."""
+        """Phase boundaries: at the first decay step the `stable-end` milestone and the Muon hand-over;
+        at the first long-context step the `decay-end` milestone, then the stage's model settings."""
         if step == self.sched.decay_start and self.sched.phase(step) == "decay":
             self.milestone("stable-end", step)
             if self.decay_to_muon and "muon" not in self.opts:
                 self.opts, self.owners = optim_mod.switch_to_muon(self.model, self.cfg, self.opts, self.device)
                 self.sync_free = not self.fsdp and all(optim_mod.skips_without_sync(o) for o in self.opts.values())
+        if self.long_sampler is not None and step == self.sched.long_start:
+            self.milestone("decay-end", step)
+            self.enter_long_context()
 
     def train_step(self, step: int) -> PendingStep:
         """One optimizer step at `step` (0-based); its numbers stay on the device until `flush`."""
@@ -399,8 +434,10 @@ class Trainer:
         optim_mod.set_lr(self.opts, lr)
         optim_mod.step(self.opts, finite, self.sync_free)
         optim_mod.zero_grad(self.opts)
-        self.tokens_seen += self.batch_size * x.shape[1]
-        self.window_tokens += self.batch_size * x.shape[1]
+        tokens = self.rows_at(step)[0] * x.shape[1]
+        self.tokens_seen += tokens
+        self.window_tokens += tokens
+        self.run_tokens += tokens
         pending = PendingStep(step, self.sched.phase(step), lr, self.tokens_seen, loss.detach(), gnorm.detach(),
                               finite)
         self.pending.append(pending)
@@ -425,7 +462,8 @@ class Trainer:
             if i == len(self.pending) - 1:
                 dt = max(now - self.window_t, 1e-9)
                 record["tokens_per_s"] = self.window_tokens / dt
-                record["mfu"] = record["tokens_per_s"] * self.fpt / self.peak
+                fpt = self.fpt if p.phase != "long" else flops_per_token(self.model.cfg, self.long_seq_len)
+                record["mfu"] = record["tokens_per_s"] * fpt / self.peak
                 self.window_t, self.window_tokens = now, 0
                 if prog:
                     prog.update(task, completed=p.step + 1,
@@ -515,7 +553,7 @@ class Trainer:
     # ------------------------------------------------------------ the loop
     def needs_flush(self, step: int, stop: StopFlag) -> bool:
         """Steps after which the loop needs the numbers: log, checkpoint, eval, last step, stop."""
-        done, total = step + 1, self.sched.total
+        done, total = step + 1, self.total_steps
         every = int(self.cfg["checkpoint"]["every"])
         eval_every = int(self.cfg["eval"].get("every") or 0)
         return (done % int(self.cfg["log"]["every"]) == 0 or done >= total or (every and done % every == 0)
@@ -529,7 +567,7 @@ class Trainer:
         self.window_t, self.window_tokens = t0, 0
         self.model.train()
         every = int(self.cfg["checkpoint"]["every"])
-        total = self.sched.total
+        total = self.total_steps
         stopped_by = None
         step = self.start
         self.prefetch = data_mod.Prefetcher(self.host_batch, self.start, total)
@@ -559,7 +597,7 @@ class Trainer:
         return self.finish(step, stopped_by, time.perf_counter() - t0)
 
     def finish(self, step: int, stopped_by: str | None, train_s: float) -> dict:
-        cfg, total = self.cfg, self.sched.total
+        cfg, total = self.cfg, self.total_steps
         losses = self.losses
         final_step = step + 1 if losses else self.start
         final_path = None
@@ -570,15 +608,15 @@ class Trainer:
         elif stopped_by:
             final_path = self.last_good
         self.metrics.close()
-        tok_per_step = self.batch_size * self.seq_len
         finite = [x for x in losses[-max(1, min(10, len(losses))):] if math.isfinite(x)]
         summary = {
             "run_dir": str(self.run_dir), "steps": total, "start_step": self.start, "end_step": final_step,
             "completed": completed, "interrupted": stopped_by, "losses": losses,
             "final_loss": float(np.mean(finite)) if finite else None,
-            "tokens_per_s": (len(losses) * tok_per_step / train_s) if losses and train_s > 0 else None,
+            "tokens_per_s": (self.run_tokens / train_s) if losses and train_s > 0 else None,
             "mfu": self.last_record.get("mfu"), "train_seconds": train_s, "setup_seconds": self.setup_seconds,
             "checkpoint": str(final_path) if final_path else None, "milestones": self.milestones,
+            "rope_theta": self.model.cfg.rope_theta, "max_seq_len": self.model.cfg.max_seq_len,
             "precision": self.precision, "fp8_backend": self.fp8_backend, "fp8_layers": len(self.fp8_layers),
             "compiled": self.compiled, "compile": self.compile_note,
             "optimizers": {k: type(v).__name__ for k, v in self.opts.items()}, "world_size": self.dist.world,
