@@ -22,13 +22,29 @@ def env_action(action: str) -> str:
     return action[:1].lower() + action[1:]
 
 
+ODD_TEXT = "undecodable or control characters"
+
+
+def odd_text(text: str) -> bool:
+    """Bytes that did not decode (U+FFFD) or control characters: model output that is not text. Other
+    non-ASCII (accents, CJK) is ordinary text: HotpotQA's answers contain it."""
+    return "\ufffd" in text or any(ord(c) < 32 and c not in "\t\n" or 127 <= ord(c) < 160 for c in text)
+
+
+def _move(action: str, text: str) -> Move:
+    """The move for one action line: not-text actions are refused before they reach the tools."""
+    if odd_text(action):
+        return Move(action=None, text=text, malformed=ODD_TEXT)
+    return Move(action=env_action(action), text=text)
+
+
 def malformed_reason(action: str, tools: tuple[str, ...]) -> str:
     """Why wikienv rejected an action (for the statistics; the observation is wikienv's own)."""
     a = action.strip()
     if not a:
         return "empty action"
-    if "\ufffd" in a or any(ord(c) < 32 and c not in "\t" for c in a):
-        return "undecodable or control characters"
+    if odd_text(a):
+        return ODD_TEXT
     name = a.split("[", 1)[0]
     if "[" not in a:
         return "no tool call"
@@ -61,14 +77,14 @@ class WebthinkFormat(ReactFormat):
         parts = stripped.split(f"\nAction {i}: ")
         if len(parts) == 2:
             thought, action = parts
-            return Move(action=env_action(action), text=f" {thought}\nAction {i}: {action}")
+            return _move(action, f" {thought}\nAction {i}: {action}")
         thought = stripped.split("\n")[0]
         return Move(action=None, text=f" {thought}", followup=f"\nAction {i}:", followup_stop=("\n",),
                     malformed="no action line")
 
     def followup(self, i: int, move: Move, output: str) -> Move:
         action = output.strip()
-        return Move(action=env_action(action), text=f"{move.text}{move.followup} {action}")
+        return _move(action, f"{move.text}{move.followup} {action}")
 
     def observation(self, i: int, observation: str) -> str:
         return f"\nObservation {i}: {observation.replace(chr(92) + 'n', '')}\n"

@@ -117,8 +117,7 @@ def episode(env: Environment, fmt: ReactFormat, task: Task, llm: AgentLLM, sampl
             history.append(result)
             invalid = bool(result.info.get("invalid")) or move.action is None
             stats["invalid_actions"] += invalid
-            odd = _odd_text(move.action or "")
-            stats["odd_text"] += odd
+            stats["odd_text"] += _odd_text(step["output"] + step.get("followup_output", ""))  # model output that is not text
             step.update(action=move.action, observation=result.observation, done=result.done, reward=result.reward,
                         invalid=invalid, malformed=move.malformed or result.info.get("reason") if invalid else None,
                         info=_jsonable(result.info))

@@ -1,0 +1,79 @@
+"""Test helpers for the agent loop: a model whose outputs are scripted text (or raw ids), run through the real
+tokenizer, stop-string cutting and budget rules of the loop's model seam; and a tiny random torch model."""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Sequence
+
+from slmkit.agents.llm import FINISH_CONTEXT, FINISH_EOS, FINISH_LENGTH, FINISH_STOP, AgentLLM, GenRequest, GenResult, first_stop
+
+TURN = re.compile(r"(?:Thought (\d+):|\nAction (\d+):)$")
+
+
+class ScriptedLLM(AgentLLM):
+    """`policy(task_id, step, is_followup, prompt_text) -> str | list[int]` plays the model. Its output is
+    tokenized, cut where a stop string completes (ids kept up to the token that completed it), and capped
+    at max_new_tokens, as a real decoder would produce it."""
+
+    name = "scripted"
+
+    def __init__(self, tokenizer, policy: Callable, context_limit: int = 1 << 30) -> None:
+        self.tokenizer = tokenizer
+        self.policy = policy
+        self._limit = context_limit
+        self.eos = set()
+        self.calls = self.generated_tokens = self.prompt_tokens = 0
+        self.batches: list[int] = []
+        self.released: list[str] = []
+
+    @property
+    def context_limit(self) -> int:
+        return self._limit
+
+    def release(self, key: str) -> None:
+        self.released.append(key)
+
+    def generate_many(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        self.batches.append(len(requests))
+        return [self._one(r) for r in requests]
+
+    def _one(self, req: GenRequest) -> GenResult:
+        if len(req.prompt_ids) + 1 > self._limit:
+            return GenResult([], "", FINISH_CONTEXT)
+        prompt = self.decode(req.prompt_ids)
+        m = TURN.search(prompt)
+        step, followup = (int(m.group(1) or m.group(2)), m.group(2) is not None) if m else (0, False)
+        out = self.policy(req.key, step, followup, prompt)
+        ids = list(out) if isinstance(out, list) else self.encode(out)
+        self.calls += 1
+        budget = req.params.max_new_tokens
+        for j in range(1, len(ids) + 1):
+            text = self.decode(ids[:j], skip_special=True)
+            cut = first_stop(text, req.params.stop)
+            if cut is not None:
+                return GenResult(ids[:j], text[:cut], FINISH_STOP)
+            if j == budget:
+                return GenResult(ids[:j], text, FINISH_LENGTH)
+        return GenResult(ids, self.decode(ids, skip_special=True), FINISH_EOS)
+
+
+def tiny_runtime(tokenizer_dir, seed: int = 0, max_seq_len: int = 8192):
+    """A random-weight 2-layer model on the test BPE (its tokenizer), as a TorchRuntime."""
+    import torch
+
+    from slmkit.model.config import ModelConfig
+    from slmkit.model.tokenizer import load_tokenizer
+    from slmkit.model.transformer import Transformer
+    from slmkit.serve.torch_backend import TorchRuntime
+
+    tok = load_tokenizer(tokenizer_dir)
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=len(tok), d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
+                      max_seq_len=max_seq_len, name="agent-tiny")
+    model = Transformer(cfg).eval()
+    with torch.no_grad():  # spread the logits so greedy choices are not near-ties
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.mul_(8.0)
+    return TorchRuntime.from_model(model, tokenizer=tok), model
