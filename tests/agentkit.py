@@ -59,7 +59,9 @@ class ScriptedLLM(AgentLLM):
 
 
 def tiny_runtime(tokenizer_dir, seed: int = 0, max_seq_len: int = 8192):
-    """A random-weight 2-layer model on the test BPE (its tokenizer), as a TorchRuntime."""
+    """A random-weight 2-layer model on the test BPE, as a TorchRuntime. Its output head can only pick
+    tokens that decode to printable ASCII (their rows are random and large, the others zero), so what it
+    writes is text — generated ids then survive into trajectories instead of being re-tokenized."""
     import torch
 
     from slmkit.model.config import ModelConfig
@@ -70,10 +72,13 @@ def tiny_runtime(tokenizer_dir, seed: int = 0, max_seq_len: int = 8192):
     tok = load_tokenizer(tokenizer_dir)
     torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=len(tok), d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
-                      max_seq_len=max_seq_len, name="agent-tiny")
+                      max_seq_len=max_seq_len, tie_embeddings=False, name="agent-tiny")
     model = Transformer(cfg).eval()
-    with torch.no_grad():  # spread the logits so greedy choices are not near-ties
+    printable = torch.tensor([all(32 <= ord(c) < 127 or c == "\n" for c in tok.decode([i])) and tok.decode([i]) != ""
+                              for i in range(len(tok))])
+    with torch.no_grad():
         for p in model.parameters():
             if p.ndim == 2:
                 p.mul_(8.0)
+        model.lm_head.weight[~printable] = 0.0
     return TorchRuntime.from_model(model, tokenizer=tok), model
