@@ -9,7 +9,7 @@ import torch
 from slmkit.errors import SlmkitError
 from slmkit.model.checkpoint import save_checkpoint
 from slmkit.model.config import ModelConfig
-from slmkit.model.transformer import KVCache, Transformer
+from slmkit.model.transformer import KVCache, RowCache, Segment, Transformer
 from slmkit.serve.base import Runtime, SamplingParams
 from slmkit.serve.torch_backend import TorchRuntime
 
@@ -36,8 +36,9 @@ def test_fast_decode_step_matches_native_forward(fields):
     full = rt.logits(ids)
     cache = KVCache(model.cfg, 1, 40)
     with torch.no_grad():
-        model(torch.tensor([ids[:12]]), cache=cache)
-    rows = np.stack([rt.decoder.step(t, p, cache).numpy() for p, t in enumerate(ids[12:], start=12)])
+        model(torch.tensor([ids[:12]]), cache=cache)  # prefill without the fused weights
+        rows = np.stack([rt._decode_step(torch.tensor(t), cache).numpy() for t in ids[12:]])
+    assert cache.length == 30
     assert np.abs(rows - full[12:]).max() / np.abs(full).max() < 1e-5
 
 
@@ -60,31 +61,25 @@ def test_generate_ids_greedy_sampling_and_budget():
     assert out == seq[: seq.index(seq[-1]) + 1]
 
 
-def test_batched_decode_step_matches_native_forward_per_row():
-    """Left-padded rows of different lengths: each row's logits equal its own unpadded forward."""
+def test_row_cache_decode_matches_native_forward_per_row():
+    """Rows of different lengths decode in one packed forward: each row's logits equal its own forward."""
     model = random_model(0, **ODD)
     rt = TorchRuntime.from_model(model)
     rng = np.random.default_rng(2)
     seqs = [rng.integers(0, 1000, n).tolist() for n in (14, 6, 10)]
-    P, new = max(len(s) for s in seqs) - 4, 4  # prompts are all but the last 4 tokens
+    new = 4
     prompts = [s[:-new] for s in seqs]
-    cache = KVCache(model.cfg, 3, P + new)
-    bias = torch.zeros(3, 1, 1, P + new)
-    for b, ids in enumerate(prompts):
-        one = KVCache(model.cfg, 1, len(ids))
-        with torch.no_grad():
-            model(torch.tensor([ids]), cache=one)
-        for layer in range(model.cfg.n_layers):
-            cache.k[layer][b, :, P - len(ids):P] = one.k[layer][0]
-            cache.v[layer][b, :, P - len(ids):P] = one.v[layer][0]
-        bias[b, ..., :P - len(ids)] = float("-inf")
-    pos = torch.tensor([len(p) for p in prompts])
-    for step in range(new):
-        toks = torch.tensor([s[len(p) + step] for s, p in zip(seqs, prompts)])
-        got = rt.decoder.step_batch(toks, pos + step, P + step, cache, bias[..., :P + step + 1]).numpy()
-        for b, s in enumerate(seqs):
-            full = rt.logits(s[:len(prompts[b]) + step + 1])[-1]
-            assert np.abs(got[b] - full).max() / np.abs(full).max() < 1e-5, (b, step)
+    cache = RowCache(model.cfg, 3, 20)
+    with torch.no_grad():
+        for b, ids in enumerate(prompts):
+            model(torch.tensor([ids]), cache=cache.step([Segment(b, 0, len(ids))]))
+        for step in range(new):
+            toks = torch.tensor([[s[len(p) + step] for s, p in zip(seqs, prompts)]])
+            segs = [Segment(b, len(p) + step, 1) for b, p in enumerate(prompts)]
+            got = model(toks, cache=cache.step(segs), fused=rt.fused)[0].numpy()
+            for b, s in enumerate(seqs):
+                full = rt.logits(s[:len(prompts[b]) + step + 1])[-1]
+                assert np.abs(got[b] - full).max() / np.abs(full).max() < 1e-5, (b, step)
 
 
 def test_generate_batch_equals_one_prompt_at_a_time():
@@ -147,7 +142,7 @@ def test_load_checkpoint_path_with_tokenizer(tmp_path, tiny_tokenizer_dir):
     assert isinstance(rt, TorchRuntime) and rt.tokenizer is not None
     # a runtime that owns its model shares the fused q|k|v buffer instead of copying it
     q = rt.model.layers[0].self_attn.q_proj.weight
-    assert q.untyped_storage().data_ptr() == rt.decoder.layers[0][1].untyped_storage().data_ptr()
+    assert q.untyped_storage().data_ptr() == rt.fused.layers[0][0].untyped_storage().data_ptr()
     assert list(rt.generate_ids([1, 2, 3], SamplingParams(max_new_tokens=12))) == list(rt.model.generate([1, 2, 3], 12))
     text = rt.complete("1 + 1 =", SamplingParams(max_new_tokens=8))
     assert isinstance(text, str)
