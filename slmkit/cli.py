@@ -18,6 +18,7 @@ STAGES = [
     "slmkit.hub.cli",        # models pull|list
     "slmkit.serve.cli",      # generate
     "slmkit.evaluate.cli",   # eval, eval compare
+    "slmkit.agents.cli",     # agent run|show
     "slmkit.bench.cli",      # bench latency|shapes
     "slmkit.merge.cli",      # merge, merge sweep
 ]

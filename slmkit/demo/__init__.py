@@ -116,6 +116,7 @@ PLUGIN_STAGES: list[tuple[str, str]] = [
     ("export_onnx", "slmkit.export.demo:demo_onnx"),
     ("latency", "slmkit.bench.demo:demo_latency"),
     ("eval", "slmkit.demo:stage_eval"),
+    ("agent", "slmkit.agents.demo:demo_agent"),
 ]
 CORE_STAGES: list[tuple[str, Callable[[dict], dict]]] = [
     ("tokenizer", stage_tokenizer),
