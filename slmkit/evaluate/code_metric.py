@@ -1,17 +1,16 @@
 """pass@1 for HumanEval/MBPP through slmkit's sandbox instead of HF evaluate's `code_eval`.
 
 `code_eval` must be fetched from the Hub and runs model-written code in-process; ours runs each
-program (candidate + "\\n" + tests, exactly as code_eval assembles it) in slmkit.evaluate.sandbox.
+program (candidate + "\\n" + tests, exactly as code_eval assembles it) in slmkit.sandbox.
 Registered with lm-eval as metric `slmkit_pass_at_1`; `CodeEvalShim` stands in for the
-`evaluate.load("code_eval")` object the stock task modules create at import time.
+`evaluate.load("code_eval")` object the stock task modules create at import time (their filters and
+few-shot samples are still used; their `code_eval`-backed metric is replaced in every task config).
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import sys
-from pathlib import Path
 
 from slmkit.errors import SlmkitError
 
@@ -56,6 +55,7 @@ def pass_at_1(references, predictions, **kwargs) -> float:
 
 def register() -> None:
     """Register `slmkit_pass_at_1` with lm-eval's metric registry (idempotent)."""
+    import lm_eval.api.metrics  # noqa: F401 - registers the aggregations ("mean") the metric names
     from lm_eval.api import registry
 
     if METRIC not in registry.metric_registry:
@@ -76,35 +76,30 @@ class CodeEvalShim:
         return {"pass@1": pass_at_1(references, predictions)}, {}
 
 
-STOCK_CODE_MODULES = ("humaneval/utils.py", "mbpp/utils.py")
+# lm-eval's HumanEval/MBPP task modules: they call `evaluate.load("code_eval")` when imported
+STOCK_CODE_MODULES = ("lm_eval.tasks.humaneval.utils", "lm_eval.tasks.mbpp.utils")
 
 
-def preload_stock_code_modules() -> None:
-    """Import lm-eval's humaneval/mbpp task modules with `evaluate.load("code_eval")` → CodeEvalShim.
+def import_stock_code_modules(names=STOCK_CODE_MODULES) -> None:
+    """Import lm-eval's code-task modules (a plain `import`) with `evaluate.load("code_eval")` → CodeEvalShim.
 
-    Their YAML refers to functions in these modules (prompt filters, few-shot samples); importing them
-    stock needs the Hub. lm-eval reuses a module already in sys.modules with a matching mtime.
+    Their YAML refers to functions in them (prediction filters, MBPP's few-shot samples); importing them
+    stock needs the Hub. The task configs slmkit writes name these functions by module path, so lm-eval
+    finds them in sys.modules and never executes the modules itself.
     """
-    import lm_eval
+    import importlib
 
-    tasks_dir = Path(lm_eval.__file__).parent / "tasks"
-    for rel in STOCK_CODE_MODULES:
-        path = tasks_dir / rel
-        name = "lm_eval.tasks." + rel[:-3].replace("/", ".")
-        mtime = path.stat().st_mtime_ns
-        existing = sys.modules.get(name)
-        if existing is not None and getattr(existing, "__mtime__", None) == mtime:
-            continue
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        module.__mtime__ = mtime
-        with _code_eval_shim():
-            spec.loader.exec_module(module)
-        sys.modules[name] = module
+    for name in names:
+        if name not in sys.modules:
+            with offline_code_eval(smoke_test=True):
+                importlib.import_module(name)
 
 
 @contextlib.contextmanager
-def _code_eval_shim():
+def offline_code_eval(smoke_test: bool = False):
+    """While active, `evaluate.load("code_eval")` returns the sandboxed CodeEvalShim (nothing fetched).
+
+    smoke_test: the importing module's own check that code runs returns at once (nothing is executed)."""
     import evaluate
 
     original = evaluate.load
@@ -113,7 +108,7 @@ def _code_eval_shim():
         return CodeEvalShim() if name == "code_eval" else original(name, *args, **kwargs)
 
     evaluate.load = load
-    CodeEvalShim.preloading = True
+    CodeEvalShim.preloading = smoke_test
     try:
         yield
     finally:

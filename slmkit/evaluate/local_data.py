@@ -242,9 +242,22 @@ LOADERS: dict[str, Callable[[str | None], LocalDataset]] = {
     "ceval/ceval-exam": _ceval,
 }
 
+# the splits each loader returns, known without reading a file (task configs are written from these)
+SPLITS: dict[Callable[[str | None], LocalDataset], tuple[str, ...]] = {
+    _arc: ("train", "validation", "test"), _piqa: ("validation",), _hellaswag: ("validation",),
+    _winogrande: ("validation",), _bbh: ("test",), _mmlu: ("test", "dev"), _gsm8k: ("test", "train"),
+    _math: ("test",), _humaneval: ("test",), _mbpp: ("prompt", "test", "validation", "train"),
+    _cmmlu: ("test", "dev"), _ceval: ("val", "dev"),
+}
+
 
 def has_local(dataset_path: str | None) -> bool:
     return dataset_path in LOADERS
+
+
+def local_splits(dataset_path: str) -> tuple[str, ...]:
+    """The split names the staged copy of `dataset_path` has (every config of it has the same ones)."""
+    return SPLITS[LOADERS[dataset_path]]
 
 
 @lru_cache(maxsize=None)
@@ -255,11 +268,34 @@ def load_local(dataset_path: str, dataset_name: str | None) -> LocalDataset:
     return LOADERS[dataset_path](dataset_name)
 
 
-def to_dataset_dict(local: LocalDataset, extra: dict[str, str] | None = None):
-    """A `datasets.DatasetDict`; `extra` maps a missing split name to an existing one (fallback pools)."""
+def to_dataset_dict(local: LocalDataset, extra: dict[str, str] | None = None, task: str | None = None):
+    """A `datasets.DatasetDict`; `extra` maps a missing split name to an existing one (fallback pools).
+
+    Reading a split the staged copy lacks raises one SlmkitError line naming the task, folder and splits
+    (whichever config asked for it: the task's own YAML or a group's override)."""
     import datasets
 
     out = {split: datasets.Dataset.from_list(rows) for split, rows in local.splits.items()}
     for missing, source in (extra or {}).items():
         out[missing] = out[source]
-    return datasets.DatasetDict(out)
+    result = _dataset_dict_class()(out)
+    result.slmkit_about = (task, local.folder)
+    return result
+
+
+@lru_cache(maxsize=1)
+def _dataset_dict_class():
+    import datasets
+
+    class LocalDatasetDict(datasets.DatasetDict):
+        slmkit_about: tuple[str | None, str] = (None, "")
+
+        def __missing__(self, split):
+            task, folder = self.slmkit_about
+            who = f"task '{task}': " if task else ""
+            raise SlmkitError(f"{who}split '{split}' is missing from ${DATA_ENV}/benchmarks/{folder} "
+                              f"(has: {', '.join(sorted(self))})")
+
+    LocalDatasetDict.__qualname__ = LocalDatasetDict.__name__
+    globals()[LocalDatasetDict.__name__] = LocalDatasetDict  # importable by name (pickle, copy)
+    return LocalDatasetDict
