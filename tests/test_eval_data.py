@@ -60,6 +60,80 @@ def test_missing_file_names_path_and_setting(fake_data):
         load_local("Rowan/hellaswag", None)
 
 
+def test_declared_splits_are_the_loaded_ones(data_dir):
+    """The task configs are written from local_splits(); every loader must return exactly those splits."""
+    from slmkit.evaluate.local_data import LOADERS, load_local, local_splits
+
+    configs = {"allenai/ai2_arc": "ARC-Easy", "SaylorTwift/bbh": "navigate", "cais/mmlu": "astronomy",
+               "EleutherAI/hendrycks_math": "algebra", "google-research-datasets/mbpp": "full",
+               "haonan-li/cmmlu": "anatomy", "ceval/ceval-exam": "law", "allenai/winogrande": "winogrande_xl"}
+    seen = set()
+    for path, loader in LOADERS.items():
+        if loader in seen:
+            continue
+        seen.add(loader)
+        assert sorted(load_local(path, configs.get(path)).splits) == sorted(local_splits(path)), path
+
+
+@pytest.fixture(scope="module")
+def local_tm(data_dir):
+    from slmkit.evaluate.tasks import make_task_manager
+
+    return make_task_manager("local")
+
+
+def test_missing_file_fails_when_the_task_is_built(fake_data, local_tm):
+    (fake_data / "benchmarks" / "arc_easy" / "train.jsonl").unlink()
+    with pytest.raises(SlmkitError, match=r"missing data file .*arc_easy/train\.jsonl \(set SLMKIT_DATA"):
+        local_tm.load(["arc_easy"])
+
+
+def test_missing_split_is_one_line(local_tm):
+    """A group asking for a split the staged copy lacks (the Open LLM group's `fewshot_split: train`)."""
+    group = {"group": "slmkit_probe", "task": [{"task": "winogrande", "fewshot_split": "train"}]}
+    with pytest.raises(SlmkitError, match=r"^task 'winogrande': split 'train' is missing from \$SLMKIT_DATA/benchmarks/winogrande \(has: validation\)$"):
+        local_tm.load([group])
+
+
+def test_local_mode_refuses_hub_data_and_pass_at_k(local_tm):
+    with pytest.raises(SlmkitError, match=r"task 'lambada_openai' reads dataset '.*', which has no local copy"):
+        local_tm.load(["lambada_openai"])
+    with pytest.raises(SlmkitError, match=r"task 'humaneval_64': pass@\[2, 8, 16, 32, 64\] is not supported"):
+        local_tm.load(["humaneval_64"])
+
+
+def test_records_name_files_and_fallbacks(local_tm):
+    from slmkit.evaluate.tasks import finalize_records
+
+    tasks = {**local_tm.load(["winogrande"])["tasks"], **local_tm.load(["arc_easy"])["tasks"]}
+    tasks["winogrande"].set_config(key="num_fewshot", value=5)
+    tasks["arc_easy"].set_config(key="num_fewshot", value=25)
+    rec = finalize_records(local_tm.slmkit_records, tasks)
+    assert rec["winogrande"]["data"] == "local" and list(rec["winogrande"]["files"]) == ["winogrande/winogrande_xl_validation.jsonl"]
+    assert rec["winogrande"]["fallback"].startswith("few-shot examples drawn from the 'validation' split (the evaluated split")
+    assert rec["arc_easy"]["fallback"] is None and "arc_easy/train.jsonl" in rec["arc_easy"]["files"]
+    tasks["winogrande"].set_config(key="num_fewshot", value=0)
+    assert finalize_records(local_tm.slmkit_records, tasks)["winogrande"]["fallback"] is None
+
+
+def test_hub_mode_changes_only_the_code_metric(data_dir):
+    """--data hub: stock documents (no custom_dataset anywhere), HumanEval/MBPP still scored in the sandbox."""
+    from pathlib import Path
+
+    import lm_eval.tasks
+
+    from slmkit.evaluate.tasks import make_task_manager
+
+    hub = make_task_manager("hub")
+    assert Path(hub.task_index["arc_easy"].yaml_path).parent.parent == Path(lm_eval.tasks.__file__).resolve().parent
+    for name in ("humaneval", "mbpp"):
+        cfg = hub.task_index[name].cfg
+        assert cfg["metric_list"][0]["metric"] == "slmkit_pass_at_1" and cfg.get("custom_dataset") is None
+    changed = {n: hub.task_index[n].cfg for n in hub.slmkit_records}
+    assert sorted(changed) == sorted(hub.slmkit_code_tasks) and "humaneval_plus" in changed
+    assert all(c.get("custom_dataset") is None or "slmkit_error" in c["dataset_kwargs"] for c in changed.values())
+
+
 def test_unknown_task_and_suite_errors(data_dir):
     from slmkit.evaluate.runner import build_tasks
     from slmkit.evaluate.suites import SuiteTask, load_suite

@@ -1,10 +1,10 @@
 """Our task configuration builds exactly the requests stock lm-eval builds from the same documents.
 
 For every task of the xmodel13 suite (every leaf: 57 MMLU subjects, 27 BBH tasks, ...), the stock
-task gets the same local documents injected through its `download` (missing splits point at the pool
-our fallback uses, which is what stock lm-eval would do given that data); both are given the suite's
-shots and lm-eval's default few-shot seed, and their requests (type, doc, index, context,
-continuation / generation kwargs) must be identical.
+task (lm-eval's own TaskManager, its own YAML) gets the same local documents injected through its
+`download` (missing splits point at the pool our fallback uses, which is what stock lm-eval would do
+given that data); both are given the suite's shots and lm-eval's default few-shot seed, and their
+requests (type, doc, index, context, continuation / generation kwargs) must be identical.
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ def managers(data_dir):
     from slmkit.evaluate.tasks import make_task_manager
 
     ours = make_task_manager("local")
-    code_metric.preload_stock_code_modules()  # stock humaneval/mbpp modules need `code_eval` from the Hub at import
-
     def inject(self, dataset_kwargs=None, **kwargs):
         local = local_data.load_local(self.config.dataset_path, self.config.dataset_name)
         pool = self.config.validation_split if self.config.validation_split in local.splits else next(iter(local.splits))
@@ -41,7 +39,8 @@ def managers(data_dir):
 
     mp = pytest.MonkeyPatch()
     mp.setattr(ConfigurableTask, "download", inject)
-    yield ours, TaskManager(), mp
+    with code_metric.offline_code_eval(smoke_test=True):  # stock humaneval/mbpp modules load `code_eval` at import
+        yield ours, TaskManager(), mp
     mp.undo()
 
 
@@ -81,7 +80,8 @@ def test_fallback_excludes_current_doc(managers):
 
 
 def test_code_metric_is_sandboxed(managers):
-    ours_tm = managers[0]
+    ours_tm, stock_tm, _ = managers
     for name in ("humaneval", "mbpp"):
         task = ours_tm.load([name])["tasks"][name]
-        assert list(task._metric_fn_list) == ["slmkit_pass_at_1"]
+        assert list(task.aggregation()) == ["slmkit_pass_at_1"]
+        assert list(stock_tm.load([name])["tasks"][name].aggregation()) == ["pass_at_k" if name == "humaneval" else "pass_at_1"]
