@@ -74,7 +74,8 @@ def tiny_runtime(tokenizer_dir, seed: int = 0, max_seq_len: int = 8192):
     cfg = ModelConfig(vocab_size=len(tok), d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
                       max_seq_len=max_seq_len, tie_embeddings=False, name="agent-tiny")
     model = Transformer(cfg).eval()
-    printable = torch.tensor([all(32 <= ord(c) < 127 or c == "\n" for c in tok.decode([i])) and tok.decode([i]) != ""
+    special = set(tok.all_special_ids) | set(tok.added_tokens_decoder)  # EOS-like ids too: it never stops
+    printable = torch.tensor([i not in special and tok.decode([i]) != "" and all(32 <= ord(c) < 127 or c == "\n" for c in tok.decode([i]))
                               for i in range(len(tok))])
     with torch.no_grad():
         for p in model.parameters():
