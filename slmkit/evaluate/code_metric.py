@@ -22,7 +22,7 @@ def _sandbox():
     try:
         from slmkit import sandbox
     except ImportError as exc:
-        raise SlmkitError(f"code execution needs slmkit.evaluate.sandbox, which is not available ({exc})") from None
+        raise SlmkitError(f"code execution needs slmkit.sandbox, which is not available ({exc})") from None
     return sandbox
 
 
