@@ -21,7 +21,8 @@ def add_commands(subparsers) -> None:
                          description="Each (artifact, backend) runs in a fresh process. Model folders are exported to the "
                          "requested GGUF/ONNX types (cached); .gguf files and ONNX folders run as they are.")
     lat.add_argument("models", nargs="*", metavar="MODEL", help="slmkit checkpoint / HF folder / .gguf / ONNX folder")
-    lat.add_argument("--backends", default="torch,llama.cpp,onnxruntime", help="comma list (default: all three)")
+    lat.add_argument("--backends", default="torch,llama.cpp,onnxruntime",
+                     help="comma list of torch, llama.cpp, onnxruntime, ort-genai (default: the first three)")
     lat.add_argument("--preset", default=None, help="also bench a random-weight model of this preset's shape (e.g. xmodel2.5-1.3b)")
     lat.add_argument("--prompt-tokens", type=int, default=512)
     lat.add_argument("--new-tokens", type=int, default=128)
@@ -29,6 +30,9 @@ def add_commands(subparsers) -> None:
     lat.add_argument("--threads", type=int, default=2)
     lat.add_argument("--gguf-types", default="f16,q8_0,q4_k_m", help="GGUF types for llama.cpp, e.g. f16,q8_0,q4_k_m,q4_0,iq4_nl; TYPE:norepack runs the same file with llama.cpp's extra (AMX/repack) buffers off, TYPE:repack with only the CPU_REPACK buffer (no AMX)")
     lat.add_argument("--onnx-types", default="int8", help="ONNX variants: int8 and/or fp32")
+    lat.add_argument("--genai-types", default="int4",
+                     help="ort-genai: ONNX Runtime GenAI model-builder precisions for a model folder: int4, int8, fp32 "
+                          "(an ONNX folder with genai_config.json runs as it is)")
     lat.add_argument("--raw-llama", default="all", help="GGUF types also timed with raw llama-cpp-python: all, none or a list")
     lat.add_argument("--no-extra-bufts", action="store_true",
                      help="llama.cpp: disable repacked/AMX weight buffers (compare repacked vs plain q4_0)")
@@ -66,7 +70,7 @@ def run_latency(args: argparse.Namespace) -> int:
                            parity=not args.no_parity, raw_llama=raw,
                            llama_options={"extra_bufts": False} if args.no_extra_bufts else None,
                            timeout_s=args.timeout, bandwidth_mb=args.bandwidth_mb,
-                           random_parity=not args.no_random_parity)
+                           random_parity=not args.no_random_parity, genai_types=_csv(args.genai_types))
     print(Path(report["files"]["markdown"]).read_text())
     failed = [r for r in report["results"] if not r.get("ok")]
     return 1 if failed and len(failed) == len(report["results"]) else 0

@@ -25,13 +25,15 @@ from slmkit.serve.backends import canonical
 
 DEFAULT_GGUF_TYPES = ("f16", "q8_0", "q4_k_m")
 DEFAULT_ONNX_TYPES = ("int8",)
-BENCH_BACKENDS = ("torch", "llama.cpp", "onnxruntime")  # (vllm needs a GPU; raw-llama.cpp is added per GGUF)
+DEFAULT_GENAI_TYPES = ("int4",)
+# (vllm needs a GPU; raw-llama.cpp is added per GGUF; ort-genai is ONNX Runtime GenAI's own generator loop)
+BENCH_BACKENDS = ("torch", "llama.cpp", "onnxruntime", "ort-genai")
 
 
 @dataclass
 class Job:
     model: str  # what the user named (or the preset)
-    backend: str  # torch | llama.cpp | onnxruntime | raw-llama.cpp
+    backend: str  # torch | llama.cpp | onnxruntime | raw-llama.cpp | ort-genai
     artifact: Path
     qtype: str = ""
     options: dict[str, Any] = field(default_factory=dict)
@@ -65,19 +67,20 @@ def _kind(path: Path) -> str:
 
 def plan_jobs(models: Sequence[str | Path], backends: Sequence[str], gguf_types: Sequence[str],
               onnx_types: Sequence[str], threads: int, parity: bool, raw_llama: str | Sequence[str],
-              llama_options: dict | None, say: Callable[[str], None], random_parity: bool = True) -> list[Job]:
+              llama_options: dict | None, say: Callable[[str], None], random_parity: bool = True,
+              genai_types: Sequence[str] = DEFAULT_GENAI_TYPES) -> list[Job]:
     """Model paths × backends → concrete artifacts (exporting what is missing)."""
     from slmkit.bench import artifacts as art, exports as bench_export
 
     try:
         return _plan(models, backends, gguf_types, onnx_types, threads, parity, raw_llama, llama_options, say,
-                     random_parity, art)
+                     random_parity, art, genai_types)
     finally:
         bench_export.release()  # no exporter memory may linger while we time
 
 
 def _plan(models, backends, gguf_types, onnx_types, threads, parity, raw_llama, llama_options, say, random_parity,
-          art) -> list[Job]:
+          art, genai_types=DEFAULT_GENAI_TYPES) -> list[Job]:
     jobs: list[Job] = []
     for model in models:
         path = Path(model)
@@ -85,19 +88,21 @@ def _plan(models, backends, gguf_types, onnx_types, threads, parity, raw_llama, 
         targets: list[tuple[str, Path, str]] = []
         if kind == "gguf":
             targets.append(("llama.cpp", path, ""))
-        elif kind == "onnx":
-            targets.append(("onnxruntime", path, ""))
+        elif kind == "onnx":  # an ONNX folder runs as it is; on GenAI too when it has a genai_config.json
+            runs_on = [b for b in backends if b == "onnxruntime" or b == "ort-genai" and (path / "genai_config.json").exists()]
+            targets += [(b, path, "") for b in runs_on or ["onnxruntime"]]
         else:
             random = art.is_random(path)
             wanted = [(b, q) for b in backends for q in
-                      {"torch": ["f32"], "llama.cpp": list(gguf_types), "onnxruntime": list(onnx_types)}[b]]
+                      {"torch": ["f32"], "llama.cpp": list(gguf_types), "onnxruntime": list(onnx_types),
+                       "ort-genai": list(genai_types)}[b]]
             for backend, q in wanted:  # one failing export (e.g. a parity gate) skips only that type
                 try:
                     targets.append((backend, _artifact(art, path, backend, q, threads, parity and not random,
                                                        random and random_parity, say), q))
                 except SlmkitError as exc:
                     guess = art.artifact_dir(path) / (f"model-{q.partition(':')[0]}.gguf" if backend == "llama.cpp"
-                                                      else f"onnx-{q}")
+                                                      else f"genai-{q}" if backend == "ort-genai" else f"onnx-{q}")
                     jobs.append(Job(str(model), backend, guess if backend != "torch" else path, q,
                                     label=f"{backend} export", error=str(exc)))
         for backend, artifact, qtype in targets:
@@ -120,7 +125,56 @@ def _artifact(art, path: Path, backend: str, q: str, threads: int, gate: bool, m
         if variant not in ("", "norepack", "repack"):
             raise SlmkitError(f"--gguf-types: '{q}': variants are ':norepack' and ':repack'")
         return art.ensure_gguf(path, base_q, threads, gate, say, measure_parity=measure)
+    if backend == "ort-genai":
+        return ensure_genai(art, path, q, say, measure_parity=gate or measure, threads=threads)
     return art.ensure_onnx(path, q, gate, say, measure_parity=measure, threads=threads)
+
+
+def ensure_genai(art, path: Path, q: str, say, measure_parity: bool = True, threads: int = 2) -> Path:
+    """`<cache>/<key>/genai-<q>`: ONNX Runtime GenAI's model builder on the model's HF folder (an slmkit checkpoint
+    is exported to HF first, cached), with its parity measured against torch fp32 (ungated: it is not our export)."""
+    from slmkit.export.genai import BUILDER_PRECISIONS, build_genai
+
+    if q not in BUILDER_PRECISIONS:
+        raise SlmkitError(f"--genai-types: '{q}' unknown (known: {', '.join(BUILDER_PRECISIONS)})")
+    out = art.artifact_dir(path) / f"genai-{q}"
+    if not (out / "genai_config.json").exists():
+        hf = path
+        if not (path / "config.json").exists():  # slmkit checkpoint → plain HF folder for the builder
+            from slmkit.bench.exports import release, source_model, tokenizer_dir
+            from slmkit.model.hf import export_hf
+
+            hf = art.artifact_dir(path) / "hf"
+            if not (hf / "model.safetensors").exists():
+                say(f"exporting {path.name} → HF folder (for GenAI's builder)")
+                export_hf(source_model(path), hf, tokenizer_dir(path))
+            release()
+        say(f"building {path.name} → GenAI {q} (onnxruntime_genai model builder)")
+        build_genai(hf, out, q, threads=threads)
+    if measure_parity and art.find_parity(out) is None:
+        say(f"measuring parity of GenAI {q} (ungated)")
+        genai_parity(path, out, q, threads)
+    return out
+
+
+def genai_parity(source: Path, artifact: Path, qtype: str, threads: int = 2) -> dict:
+    """The exporters' parity metrics for a GenAI-built folder run by GenAI, every bound dropped (a measurement)."""
+    from slmkit.bench.exports import source_model, tokenizer_dir
+    from slmkit.bench.worker import GenaiRunner
+    from slmkit.export.parity import BOUND_KEYS, heldout_token_batches, run_parity
+    from slmkit.model.tokenizer import load_tokenizer
+
+    model = source_model(source)
+    batches = heldout_token_batches(load_tokenizer(tokenizer_dir(source)), model.cfg.vocab_size, n_batches=4,
+                                    seq_len=min(64, model.cfg.max_seq_len))
+    runner = GenaiRunner(artifact, threads=threads)
+    try:
+        return run_parity(model, runner, batches, quantized=qtype != "fp32", bounds={k: None for k in BOUND_KEYS},
+                          report_path=artifact / "parity.json", qtype=qtype,
+                          extra={"artifact": str(artifact), "gated": False,
+                                 "note": "GenAI's builder output measured by slmkit bench; not an slmkit export gate"})
+    finally:
+        runner.close()
 
 
 def _wants_raw(raw: str | Sequence[str], qtype: str) -> bool:
@@ -201,7 +255,7 @@ def bench_latency(models: Sequence[str | Path], backends: Sequence[str] | str = 
                   preset: str | None = None, parity: bool = True, raw_llama: str | Sequence[str] = "all",
                   llama_options: dict | None = None, seed: int = 0, timeout_s: float = 3600,
                   progress: bool = True, title: str | None = None, bandwidth_mb: int = 512,
-                  random_parity: bool = True) -> dict[str, Any]:
+                  random_parity: bool = True, genai_types: Sequence[str] = DEFAULT_GENAI_TYPES) -> dict[str, Any]:
     """Run the latency bench; returns the report dict (also written as JSON/Markdown/PNG when out_dir is given).
 
     models: slmkit checkpoints / HF folders (exported per backend), .gguf files, ONNX folders.
@@ -227,7 +281,7 @@ def bench_latency(models: Sequence[str | Path], backends: Sequence[str] | str = 
         raise SlmkitError("bench latency: give at least one MODEL or --preset NAME")
     started = time.time()
     jobs = plan_jobs(models, backends, [q.lower() for q in gguf_types], list(onnx_types), threads, parity, raw_llama,
-                     llama_options, say, random_parity)
+                     llama_options, say, random_parity, [q.lower() for q in genai_types])
     say("measuring memory bandwidth")
     bw = copy_bandwidth_gbps(bandwidth_mb)
     rows = []
@@ -236,7 +290,7 @@ def bench_latency(models: Sequence[str | Path], backends: Sequence[str] | str = 
             info = None
             if job.error is None:
                 try:
-                    info = inspect_artifact(job.artifact, "llama.cpp" if job.backend == "raw-llama.cpp" else job.backend)
+                    info = _inspect(job, inspect_artifact)
                 except SlmkitError as exc:
                     job.error = str(exc)
             if job.error is not None:
@@ -267,7 +321,8 @@ def bench_latency(models: Sequence[str | Path], backends: Sequence[str] | str = 
         "title": title or "Latency benchmark",
         "settings": {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "repeats": repeats, "threads": threads,
                      "seed": seed, "statistic": "median over repeats", "eos": "ignored (exactly new_tokens decoded)",
-                     "gguf_types": list(gguf_types), "onnx_types": list(onnx_types), "llama_options": llama_options or {}},
+                     "gguf_types": list(gguf_types), "onnx_types": list(onnx_types), "llama_options": llama_options or {},
+                     **({"genai_types": list(genai_types)} if "ort-genai" in backends else {})},
         "machine": _machine(bw),
         "models": {m: {"random_weights": art.is_random(m)} for m in models},
         "results": rows,
@@ -280,6 +335,21 @@ def bench_latency(models: Sequence[str | Path], backends: Sequence[str] | str = 
 
         report["files"] = write_report(report, Path(out_dir), stem="latency")
     return report
+
+
+def _inspect(job: Job, inspect_artifact):
+    """What the bound needs; a GenAI folder is an ONNX folder whose shapes are in genai_config.json."""
+    backend = {"raw-llama.cpp": "llama.cpp", "ort-genai": "onnxruntime"}.get(job.backend, job.backend)
+    info = inspect_artifact(job.artifact, backend)
+    genai = Path(job.artifact) / "genai_config.json"
+    if job.backend == "ort-genai" and genai.exists() and not info.n_layers:
+        from slmkit.paths import read_json
+
+        dec = read_json(genai)["model"]["decoder"]
+        info.n_layers, info.n_kv_heads, info.head_dim = dec["num_hidden_layers"], dec["num_key_value_heads"], dec["head_size"]
+        if Path(job.artifact).name.startswith("genai-"):
+            info.qtype = Path(job.artifact).name.removeprefix("genai-")
+    return info
 
 
 def summarize(rows: list[dict]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Why a process per (artifact, backend): peak RSS is per process, and a backend's allocator and
 thread pools must not be warmed by another's. The last stdout line is the JSON result.
 
-Spec: {"path", "backend" ("torch"|"llama.cpp"|"onnxruntime"|"raw-llama.cpp"), "prompt_tokens",
+Spec: {"path", "backend" ("torch"|"llama.cpp"|"onnxruntime"|"raw-llama.cpp"|"ort-genai"), "prompt_tokens",
 "new_tokens", "repeats", "threads", "seed", "options": {...backend options}}.
 Each repeat: greedy decode of exactly `new_tokens` (EOS ignored) after a seeded random prompt.
 TTFT = first token's arrival; prefill tok/s = prompt_tokens / TTFT; decode tok/s = (n−1) / (t_end − t_first).
@@ -62,6 +62,21 @@ def prompt_ids(vocab_hi: int, n: int, seed: int, tokenizer=None) -> list[int]:
     return ids
 
 
+def bench_prompts(vocab_hi: int, n: int, repeats: int, seed: int, tokenizer=None) -> list[list[int]]:
+    """The warm-up prompt then one per repeat, each with a distinct first token: a runtime that reuses a cached
+    prefix would otherwise skip the prefill from the second repeat on. Same ids for every backend of one tokenizer."""
+    prompts: list[list[int]] = []
+    for i in range(int(repeats) + 1):
+        k = 0
+        while True:
+            ids = prompt_ids(vocab_hi, n, 1000 * int(seed) + 17 * i + k, tokenizer)
+            if all(ids[0] != p[0] for p in prompts):
+                break
+            k += 1
+        prompts.append(ids)
+    return prompts
+
+
 def _ignore_eos(runtime) -> None:
     """Swap in a subclass whose eos_ids is empty: every repeat decodes exactly new_tokens."""
     cls = type(runtime)
@@ -117,6 +132,11 @@ def _vocab_size(runtime) -> int:
         value = getattr(runtime, attr, None)
         if isinstance(value, int) and value > 0:
             return value
+    session = getattr(runtime, "session", None)  # ONNX Runtime: the logits' static last dimension
+    if session is not None and hasattr(session, "get_outputs"):
+        dim = next((o.shape[-1] for o in session.get_outputs() if o.name == "logits"), None)
+        if isinstance(dim, int) and dim > 0:
+            return dim
     model = getattr(runtime, "model", None)
     cfg = getattr(model, "cfg", None)
     if cfg is not None:
@@ -156,13 +176,67 @@ def _raw_llama(spec: dict):
     return llm, None, int(llm.n_vocab()), run
 
 
+class GenaiRunner:
+    """ONNX Runtime GenAI on a folder with genai_config.json (its builder's output, or our export): its own
+    generator loop, the way a GenAI user runs it. `threads` overrides the config's intra-op threads."""
+
+    name = "ort-genai"
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        import onnxruntime_genai as og
+
+        from slmkit.model.tokenizer import load_tokenizer
+
+        self.og, self.path = og, Path(path)
+        config = og.Config(str(self.path))
+        if threads:
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+                "intra_op_num_threads": int(threads), "inter_op_num_threads": 1}}}}))
+        self.model = og.Model(config)
+        genai = json.loads((self.path / "genai_config.json").read_text())
+        self.vocab_size = int(genai["model"]["vocab_size"])
+        self.tokenizer = load_tokenizer(self.path)
+
+    def _generator(self, ids: Sequence[int], max_length: int, min_length: int = 0):
+        import numpy as np
+
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(do_sample=False, max_length=max_length, min_length=min_length)
+        gen = self.og.Generator(self.model, params)
+        gen.append_tokens(np.asarray([list(ids)], dtype=np.int32))
+        return gen
+
+    def logits(self, ids: Sequence[int]):
+        """Float32 logits [len(ids), vocab] of one prefill."""
+        import numpy as np
+
+        return np.asarray(self._generator(ids, len(ids) + 1).get_output("logits")[0], dtype=np.float32)
+
+    def stream(self, ids: Sequence[int], n_new: int, ignore_eos: bool = True) -> Iterator[int]:
+        """Greedy tokens from GenAI's generator; with ignore_eos, min_length keeps it going for exactly n_new."""
+        gen = self._generator(ids, len(ids) + n_new, len(ids) + n_new if ignore_eos else 0)
+        for _ in range(n_new):
+            if gen.is_done():
+                return
+            gen.generate_next_token()
+            yield int(gen.get_next_tokens()[0])
+
+    def close(self) -> None:
+        self.model = None
+
+
+def _ort_genai(spec: dict):
+    runner = GenaiRunner(spec["path"], threads=int(spec["threads"]))
+    return runner, runner.tokenizer, runner.vocab_size, runner.stream
+
+
 def _load(spec: dict):
     """(handle, tokenizer, vocab_hi, run, notes); `repack_only` places repackable weights in CPU_REPACK (no AMX)."""
     opts = dict(spec.get("options") or {})
     raw_opts = dict(spec.get("raw_options") or {})
     repack = bool(opts.pop("repack_only", False) or raw_opts.pop("repack_only", False))
     spec = {**spec, "options": opts, "raw_options": raw_opts}
-    loader = _raw_llama if spec["backend"] == "raw-llama.cpp" else _slmkit_runtime
+    loader = {"raw-llama.cpp": _raw_llama, "ort-genai": _ort_genai}.get(spec["backend"], _slmkit_runtime)
     if not repack:
         return (*loader(spec), {})
     from slmkit.bench.llama import repack_only
@@ -183,17 +257,7 @@ def measure(spec: dict) -> dict[str, Any]:
     rss_before = status_kib("VmRSS") or 0
     handle, tokenizer, vocab_hi, run, notes = _load(spec)
     load_s = time.perf_counter() - t0
-    # a different prompt per repeat (distinct first token): a runtime that reuses a cached prefix would
-    # otherwise skip the prefill from the second repeat on
-    prompts: list[list[int]] = []
-    for i in range(int(spec["repeats"]) + 1):
-        k = 0
-        while True:
-            ids = prompt_ids(vocab_hi, spec["prompt_tokens"], 1000 * int(spec.get("seed", 0)) + 17 * i + k, tokenizer)
-            if all(ids[0] != p[0] for p in prompts):
-                break
-            k += 1
-        prompts.append(ids)
+    prompts = bench_prompts(vocab_hi, spec["prompt_tokens"], int(spec["repeats"]), int(spec.get("seed", 0)), tokenizer)
     warm_ids = prompts[0][: min(16, len(prompts[0]))]
     warm = time_stream(run(warm_ids, 2), len(warm_ids))  # one-time costs (repacking, graph build)
     runs = [time_stream(run(ids, spec["new_tokens"]), len(ids)) for ids in prompts[1:]]

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from slmkit.errors import SlmkitError
+from slmkit.export.genai import write_genai_config
 from slmkit.paths import atomic_dir, atomic_write_json
 
 FORMAT = "slmkit-onnx"
@@ -62,6 +63,7 @@ def export_onnx(model_path: str | Path, out_dir: str | Path, int8: bool = False,
         fp32_path = (Path(scratch) if int8 else tmp) / MODEL_FILE
         used = export_graph(model, fp32_path, exporter=exporter, opset=opset, quiet=quiet)
         write_sidecars(tmp, model, tok_dir)
+        write_genai_config(tmp)  # ONNX Runtime GenAI runs this folder as it is (slmkit.export.genai)
         record = _record(model, used, opset, int8, per_channel, model_path, int8_method)
         sibling = out_dir.parent / f"{out_dir.name}.{REPORT_FILE}"  # readable even when the gate fails
         if int8:
