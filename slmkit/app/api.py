@@ -16,6 +16,7 @@ import contextlib
 import hmac
 import ipaddress
 import json
+import os
 import secrets
 import sys
 import threading
@@ -443,12 +444,18 @@ def serve_api(model: str, backend: str | None = None, host: str = "127.0.0.1", p
     print(f"serving '{name}' on http://{host}:{port}/v1 (loading; /health answers 200 when ready)", file=sys.stderr)
     try:
         server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown: the normal way to stop
+        print("stopped", file=sys.stderr)
     finally:
-        service.close()
+        stopped = service.close()
+    code = 0
     if service.load_error is not None:
         print(f"error: {service.load_error}", file=sys.stderr)
-        return 2
-    return 0
+        code = 2
+    if not stopped:  # a native decode call still runs in the worker: end without running finalizers on it
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def model_display_name(model: str) -> str:

@@ -287,8 +287,9 @@ class GenerationService:
                         max_queue=self.max_queue, ready=self.ready.is_set())
 
     # ---- lifecycle ------------------------------------------------------------------------------
-    def close(self, timeout: float = 10.0) -> None:
-        """Cancel everything, stop the worker and free the runtime."""
+    def close(self, timeout: float = 30.0) -> bool:
+        """Cancel everything, stop the worker and free the runtime; False when the worker is still inside a
+        native call after `timeout` (the runtime is then left alone: freeing it under that call would crash)."""
         with self._lock:
             self._closing = True
             active = list(self._active)
@@ -296,8 +297,14 @@ class GenerationService:
             h.cancel()
         self._jobs.put(None)
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            # still inside one token's native call: freeing the model under it would crash the process
+            print(f"warning: generation did not stop within {timeout:g}s; leaving the model to process exit",
+                  file=sys.stderr)
+            return False
         if self.runtime is not None:
             self.runtime.close()
+        return True
 
     def _worker(self) -> None:
         if self.runtime is None:
