@@ -139,7 +139,7 @@ def convert(model: nn.Module, cfg: dict, device: torch.device) -> tuple[str, lis
         try:
             from torchao.float8 import Float8LinearConfig, convert_to_float8_training
         except ImportError:
-            raise SlmkitError("fp8.backend='torchao' but torchao is not installed (pip install torchao)") from None
+            raise SlmkitError("fp8.backend='torchao' but torchao is not installed (pip install 'slmkit[fp8]')") from None
         wanted = set(names)
         convert_to_float8_training(model, config=Float8LinearConfig(), module_filter_fn=lambda m, n: n in wanted)
     elif backend == "te":
