@@ -17,7 +17,7 @@ import statistics
 import time
 from pathlib import Path
 
-from slmkit.paths import atomic_write_json, atomic_write_text, cache_dir
+from slmkit.paths import atomic_write_json, atomic_write_text, cache_dir, read_json
 
 from . import TYPES, load_environment, per_type
 from .data import resolve_split
@@ -40,6 +40,19 @@ def _load_jsonl(path: Path) -> dict[str, dict]:
     return done
 
 
+def _round_robin(tasks: list) -> list:
+    """One game of each type in turn, so a run stopped early still covers every type."""
+    groups: dict[str, list] = {}
+    for t in tasks:
+        groups.setdefault(t.data["type"], []).append(t)
+    out = []
+    while any(groups.values()):
+        for kind in TYPES:
+            if groups.get(kind):
+                out.append(groups[kind].pop(0))
+    return out
+
+
 def run_policy(split: str, policy_name: str, work: Path, progress: bool = True, run: bool = True) -> tuple[list[dict], int]:
     """(records in task order, number of tasks); with run=False only the episodes already saved."""
     env, _ = load_environment(split)
@@ -47,7 +60,7 @@ def run_policy(split: str, policy_name: str, work: Path, progress: bool = True, 
     path = work / f"{split}-{policy_name}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     done = _load_jsonl(path)
-    todo = [t for t in tasks if t.id not in done] if run else []
+    todo = _round_robin([t for t in tasks if t.id not in done]) if run else []
     policy = PlannerPolicy() if policy_name == "planner" else RandomPolicy(RANDOM_SEED)
     bar = None
     if progress and todo:
@@ -184,18 +197,26 @@ def main(argv=None) -> int:
     work = Path(args.work) if args.work else cache_dir() / "alfworld" / "baselines"
     results: dict = {"measured": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
                      "splits": {}}
+    policies = [p.strip() for p in args.policies.split(",") if p.strip() and p.strip() != "none"]
     for split in [resolve_split(s.strip()) for s in args.splits.split(",")]:
         results["splits"][split] = {}
-        for name in [p.strip() for p in args.policies.split(",")]:
+        for name in policies:
             records, total = run_policy(split, name, work, run=not args.report_only)
             if records:
                 results["splits"][split][name] = summarize(records, total)
+    results["splits"] = {k: v for k, v in results["splits"].items() if v}
     if not args.no_fewshot:
-        results["fewshot"] = fewshot_results()
+        saved = work / "fewshot.json"
+        if args.report_only and saved.is_file():
+            results["fewshot"] = read_json(saved)
+        else:
+            results["fewshot"] = fewshot_results()
+            atomic_write_json(saved, results["fewshot"])
     out = Path(args.out)
     atomic_write_json(out / "alfworld-oracle.json", results)
     atomic_write_text(out / "alfworld-oracle.md", _markdown(results))
-    _plot(results, out / "alfworld-oracle.png")
+    if results["splits"]:
+        _plot(results, out / "alfworld-oracle.png")
     print(f"wrote {out}/alfworld-oracle.json, .md, .png")
     return 0
 
