@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from slmkit.errors import SlmkitError
+
 
 def add_commands(subparsers) -> None:
     p = subparsers.add_parser("eval", help="evaluate a model on a benchmark suite (lm-eval); `eval compare RUN...`",
@@ -34,11 +36,11 @@ def _eval(args) -> int:
         print(compare(args.runs, out=args.out))
         return 0
     if args.runs:
-        from slmkit.errors import SlmkitError
-
         raise SlmkitError(f"eval: unexpected extra arguments {' '.join(args.runs)} (one model per run)")
     from slmkit.evaluate.runner import run_eval
 
+    if args.limit is not None and not args.limit > 0:
+        raise SlmkitError(f"--limit {args.limit:g}: must be a positive document count or a fraction in (0, 1)")
     limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
     record = run_eval(args.model, suite=args.suite, tasks=args.tasks, backend=args.backend,
                       limit=limit, out=args.out, data=args.data, seed=args.seed, batch_size=args.batch_size,

@@ -88,6 +88,8 @@ def run_eval(model: str, suite: str | Suite = "xmodel13", tasks: str | list[str]
     from slmkit.evaluate.tasks import finalize_records
 
     backend = eval_backend(backend, model)
+    if lm is None and not Path(model).exists():  # before lm-eval's slow imports
+        raise SlmkitError(f"{model}: model not found (an HF folder, slmkit checkpoint, .gguf file or ONNX folder)")
     os.environ.setdefault("HF_ALLOW_CODE_EVAL", "0")  # stock code_eval is never used: ours is sandboxed
     suite_obj = suite if isinstance(suite, Suite) else load_suite(suite)
     entries = select(suite_obj, tasks)

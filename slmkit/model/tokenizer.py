@@ -141,16 +141,22 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | Path, min_fr
 
 
 def train_bpe_from_files(paths: list[str | Path], vocab_size: int, out_dir: str | Path, max_chars: int = 50_000_000):
-    """Train on local text/JSONL(.gz) files (JSONL: the 'text' field of each line)."""
-    def texts():
-        budget = max_chars
-        for path in map(Path, paths):
-            if not path.exists():
-                raise SlmkitError(f"{path}: training text file not found")
-            opener = gzip.open if path.suffix == ".gz" else open
-            is_jsonl = ".jsonl" in path.name
-            with opener(path, "rt", encoding="utf-8") as f:
-                for lineno, line in enumerate(f, 1):
+    """Train on local text/JSONL(.gz) files (JSONL: the 'text' field of each line). Every file is read (and
+    checked: UTF-8, JSON lines) before training starts, so a bad file writes nothing."""
+    texts: list[str] = []
+    budget = max_chars
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise SlmkitError(f"{path}: training text file not found")
+        opener = gzip.open if path.suffix == ".gz" else open
+        is_jsonl = ".jsonl" in path.name
+        try:
+            with opener(path, "rb") as f:
+                for lineno, raw in enumerate(f, 1):
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise SlmkitError(f"{path}:{lineno}: not UTF-8 text") from None
                     if is_jsonl:
                         if not line.strip():
                             continue
@@ -159,7 +165,13 @@ def train_bpe_from_files(paths: list[str | Path], vocab_size: int, out_dir: str 
                         except (json.JSONDecodeError, KeyError, TypeError):
                             raise SlmkitError(f"{path}:{lineno}: expected a JSON object with a 'text' field") from None
                     budget -= len(line)
-                    yield line
+                    texts.append(line)
                     if budget <= 0:
-                        return
-    return train_bpe(texts(), vocab_size, out_dir)
+                        break
+        except (OSError, EOFError) as exc:  # e.g. a truncated .gz
+            raise SlmkitError(f"{path}: cannot read ({exc.__class__.__name__}: {exc})") from None
+        if budget <= 0:
+            break
+    if not any(t.strip() for t in texts):
+        raise SlmkitError(f"{', '.join(map(str, paths))}: no training text (empty files)")
+    return train_bpe(texts, vocab_size, out_dir)
