@@ -30,8 +30,8 @@ def q4_k_m_gguf(hf_dir: Path) -> Path:
     from slmkit.export.gguf import export_gguf
     from slmkit.paths import cache_dir
 
-    out = cache_dir() / "models" / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.q4_k_m.gguf"
-    if not out.exists():
+    out = cache_dir() / "models" / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct-q4_k_m.gguf"
+    if not out.exists():  # exported once (parity-gated), as `slmkit export gguf HF OUT --type q4_k_m` does
         export_gguf(hf_dir, out, "q4_k_m")
     return out
 
