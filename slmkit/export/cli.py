@@ -34,9 +34,12 @@ def _export_hf(args) -> int:
     from slmkit.export.parity import check_hf_parity
     from slmkit.model.hf import export_hf, load_any, tokenizer_dir_of
 
+    from slmkit.export.parity import carry_gate_text
+
     model = load_any(args.model)
     out = export_hf(model, args.out, tokenizer_dir_of(args.model))
-    print(f"wrote {out}")
+    carried = carry_gate_text(args.model, out)  # later GGUF/ONNX exports of the folder gate on the same text
+    print(f"wrote {out}" + (f" (with the model's gate text {carried.name})" if carried else ""))
     if not args.no_parity:
         report = check_hf_parity(model, out, tolerance=args.tolerance)
         print(f"parity: max relative logit error {report['max_rel_error']:.2e} (≤ {args.tolerance:g}), "
@@ -65,8 +68,23 @@ def add_gguf_command(export_subparsers) -> None:
     p.add_argument("--tokenizer-pre", default=None,
                    help="force llama.cpp's pre-tokenizer name (default: detected from tokenizer.json)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for quantization and the parity run")
+    _add_gate_text(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_run_export_gguf)
+
+
+GATE_TEXT_HELP = ("UTF-8 text the parity gate measures perplexity/top-1 on (text the model knows). Default: the "
+                  "held-out gate_text.txt stored with the model, else the built-in generic passage")
+
+
+def _add_gate_text(p) -> None:
+    p.add_argument("--gate-text", "--parity-text", dest="gate_text", default=None, metavar="FILE", help=GATE_TEXT_HELP)
+
+
+def gate_line(parity: dict | None) -> str:
+    """'gate text: ...' for the CLI line: which text the parity gate ran on."""
+    gate = (parity or {}).get("gate_text") or {}
+    return f"gate text: {gate['label']}" if gate.get("label") else "gate text: unknown"
 
 
 def _run_export_gguf(args: argparse.Namespace) -> int:
@@ -75,7 +93,8 @@ def _run_export_gguf(args: argparse.Namespace) -> int:
     bounds = {k: v for k, v in (("max_rel_err", args.max_rel_err), ("min_top1", args.min_top1),
                                 ("max_ppl_ratio", args.max_ppl_ratio)) if v is not None}
     result = export_gguf(args.model, args.out, args.qtype, parity=not args.no_parity, bounds=bounds or None,
-                         tokenizer_dir=args.tokenizer, tokenizer_pre=args.tokenizer_pre, n_threads=args.threads)
+                         tokenizer_dir=args.tokenizer, tokenizer_pre=args.tokenizer_pre, n_threads=args.threads,
+                         gate_text=args.gate_text)
     parity = result["parity"]
     if args.json:
         print(json.dumps({k: (str(v) if k == "path" else v) for k, v in result.items() if k != "parity"}
@@ -85,7 +104,7 @@ def _run_export_gguf(args: argparse.Namespace) -> int:
     if parity:
         print(f"parity vs torch fp32: max rel err {parity['max_rel_err']:.3g}, top-1 {parity['top1_agreement']:.4f}, "
               f"ppl {parity['ppl_runtime']:.3f} vs {parity['ppl_reference']:.3f} (ratio {parity['ppl_ratio']:.4f}) "
-              f"- passed; report {result['path']}.parity.json")
+              f"- passed; {gate_line(parity)}; report {result['path']}.parity.json")
     else:
         print("parity gate skipped (--no-parity)")
     return 0
@@ -108,8 +127,7 @@ def add_onnx_command(export_subparsers) -> None:
                         "(faster, but loses accuracy on models with outlier activations)")
     p.add_argument("--per-tensor", action="store_true", help="--int8-method dynamic: one weight scale per tensor")
     p.add_argument("--bound", action="append", default=[], metavar="KEY=VALUE", help=BOUND_HELP)
-    p.add_argument("--parity-text", default=None, metavar="FILE",
-                   help="gate on this UTF-8 text (in-domain held-out text) instead of the built-in generic passage")
+    _add_gate_text(p)
     p.add_argument("--no-parity", action="store_true", help="skip the parity gate (not recommended)")
     p.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto",
                    help="torch.onnx exporter: dynamo, falling back to TorchScript (default auto)")
@@ -143,17 +161,16 @@ def run_onnx_export(args: argparse.Namespace) -> int:
     if bounds and not args.int8:
         raise SlmkitError("--bound applies to --int8 exports; the float export is always gated at 1e-4 relative")
     batches = None
-    if args.parity_text:
-        from pathlib import Path
+    if args.gate_text and not args.no_parity:
+        from slmkit.export.parity import gate_batches
+        from slmkit.model.hf import tokenizer_dir_of
+        from slmkit.model.tokenizer import load_tokenizer
 
-        from slmkit.export.onnx import text_batches
-
-        path = Path(args.parity_text)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SlmkitError(f"{path}: cannot read parity text ({exc.__class__.__name__})") from None
-        batches = text_batches(args.model, text)
+        tok_dir = tokenizer_dir_of(args.model)
+        if tok_dir is None:
+            raise SlmkitError(f"{args.model}: --gate-text needs the model's tokenizer.json")
+        vocab, max_len = _model_shape(args.model)
+        batches = gate_batches(args.model, load_tokenizer(tok_dir), vocab, args.gate_text, max_len)
     record = export_onnx(args.model, args.outdir, int8=args.int8, parity=not args.no_parity, bounds=bounds,
                          exporter=args.exporter, per_channel=not args.per_tensor, opset=args.opset,
                          parity_batches=batches, int8_method=args.int8_method)
@@ -161,8 +178,33 @@ def run_onnx_export(args: argparse.Namespace) -> int:
     if "parity" in record:
         par, kv = record["parity"], record["kv_cache"]
         line += (f"; parity passed: max rel err {par['max_rel_err']:.2e}, top-1 {par['top1_agreement']:.4f}, "
-                 f"ppl ratio {par['ppl_ratio']:.4f}; KV-cache path rel err {kv['max_rel_err']:.2e}")
+                 f"ppl ratio {par['ppl_ratio']:.4f}; KV-cache path rel err {kv['max_rel_err']:.2e}; "
+                 f"{gate_line(_onnx_report(args.outdir))}")
     else:
         line += "; parity gate skipped"
     print(line)
     return 0
+
+
+def _onnx_report(outdir: str) -> dict | None:
+    from pathlib import Path
+
+    from slmkit.export.onnx import REPORT_FILE
+    from slmkit.paths import read_json
+
+    path = Path(outdir) / REPORT_FILE
+    return read_json(path) if path.exists() else None
+
+
+def _model_shape(model: str) -> tuple[int, int | None]:
+    """(vocab size, max sequence length) from a checkpoint's slmkit.json or an HF folder's config.json."""
+    from pathlib import Path
+
+    from slmkit.model.checkpoint import is_checkpoint, read_meta
+    from slmkit.paths import read_json
+
+    if is_checkpoint(model):
+        cfg = read_meta(model)["model"]
+        return int(cfg["vocab_size"]), cfg.get("max_seq_len")
+    cfg = read_json(Path(model) / "config.json", missing="missing (not an HF model folder)")
+    return int(cfg["vocab_size"]), cfg.get("max_position_embeddings")

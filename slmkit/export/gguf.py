@@ -190,15 +190,16 @@ def tokenizer_agreement(runtime, hf_tokenizer, texts) -> dict[str, Any]:
 def export_gguf(model_path: str | Path, out_path: str | Path, qtype: str = "f32", parity: bool = True,
                 bounds: dict | None = None, tokenizer_dir: str | Path | None = None,
                 tokenizer_pre: str | None = None, n_threads: int | None = None, model=None,
-                parity_batches: list[list[int]] | None = None) -> dict[str, Any]:
+                parity_batches: list[list[int]] | None = None, gate_text: str | Path | None = None) -> dict[str, Any]:
     """slmkit checkpoint / HF Llama folder → GGUF of `qtype`, checked against torch fp32 before it is kept.
 
-    parity_batches: token ids to gate on (default: generic held-out text; a small in-domain model is
-    near-uniform there, so pass in-domain text for it).
+    parity_batches: token ids to gate on; else `slmkit.export.parity.gate_batches` picks the text:
+    `gate_text` (a file), the model folder's gate_text.txt, the generic held-out text as a last resort
+    (a small in-domain model is near-uniform there). The report's `gate_text` says which.
     The file is built under a temporary name and renamed into place only after the parity gate passes;
     the report goes to OUT.parity.json either way. Returns {"path", "type", "bytes", "parity"}.
     """
-    from slmkit.export.parity import heldout_token_batches, run_parity, HELDOUT_TEXT
+    from slmkit.export.parity import HELDOUT_TEXT, gate_batches, run_parity
     from slmkit.export.quantize import QUANT_TYPES, quantize_gguf
     from slmkit.model.hf import load_any, tokenizer_dir_of
     from slmkit.paths import atomic_write_json
@@ -228,8 +229,8 @@ def export_gguf(model_path: str | Path, out_path: str | Path, qtype: str = "f32"
             from slmkit.serve.llamacpp_backend import LlamaCppRuntime
 
             hf_tok = load_tokenizer(tok_dir)
-            batches = parity_batches or heldout_token_batches(hf_tok, model.cfg.vocab_size, n_batches=4,
-                                                              seq_len=min(64, model.cfg.max_seq_len))
+            batches = parity_batches or gate_batches(model_path, hf_tok, model.cfg.vocab_size, gate_text,
+                                                     model.cfg.max_seq_len)
             n_ctx = max(len(b) for b in batches) + 8
             runtime = LlamaCppRuntime(stage, n_ctx=n_ctx, n_threads=n_threads, f32_kv=True, tokenizer=hf_tok)
             try:

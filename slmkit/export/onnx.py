@@ -57,7 +57,7 @@ def export_onnx(model_path: str | Path, out_dir: str | Path, int8: bool = False,
     model_path, out_dir = Path(model_path), Path(out_dir)
     model = load_any(model_path).float().eval()
     tok_dir = tokenizer_dir_of(model_path)
-    batches = parity_batches or (_default_batches(model, tok_dir) if parity else None)
+    batches = parity_batches or (_default_batches(model, tok_dir, model_path) if parity else None)
     t0 = time.perf_counter()
     with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory(prefix=".onnx-fp32-", dir=out_dir.parent) as scratch:
         fp32_path = (Path(scratch) if int8 else tmp) / MODEL_FILE
@@ -279,13 +279,14 @@ def _record(model, exporter: str, opset: int, int8: bool, per_channel: bool, sou
 
 # ---- parity gate -------------------------------------------------------------------------------
 
-def _default_batches(model, tok_dir: Path | None) -> list[list[int]]:
-    """The shared held-out passage through the model's tokenizer (seeded random ids without one)."""
-    from slmkit.export.parity import heldout_token_batches
+def _default_batches(model, tok_dir: Path | None, model_path: Path | None = None) -> list[list[int]]:
+    """The gate text stored with the model (gate_text.txt), else the shared generic passage (seeded random
+    ids without a tokenizer); `slmkit.export.parity.gate_batches` decides and records which."""
+    from slmkit.export.parity import gate_batches
     from slmkit.model.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(tok_dir) if tok_dir is not None else None
-    return heldout_token_batches(tokenizer, model.cfg.vocab_size, n_batches=4, seq_len=min(64, model.cfg.max_seq_len))
+    return gate_batches(model_path, tokenizer, model.cfg.vocab_size, max_seq_len=model.cfg.max_seq_len)
 
 
 def _gate(model, folder: Path, int8: bool, bounds: dict | None, report_path: Path | None, out_dir: Path,

@@ -10,6 +10,12 @@ Same token ids go through the native model (fp32) and the runtime's `logits()`. 
   mean KL(ref || runtime)   per position, nats.
 Unquantized exports must stay within 1e-4 relative; lossy ones (f16, int quants) within per-type
 bounds. The report is written beside the artifact before a failure is raised, so it can be read.
+
+Which text the gate runs on matters: a model trained on its own domain is near-uniform (or confidently
+wrong) on generic prose, where quantization noise moves perplexity a lot and says nothing about the
+model. `gate_batches` picks, in order: `--gate-text FILE`, the held-out sample the trainer recorded
+with the checkpoint (`gate_text.txt` in the checkpoint / HF folder), and only then the built-in generic
+text; the report's `gate_text` field says which one was used.
 """
 
 from __future__ import annotations
@@ -168,6 +174,8 @@ def run_parity(reference_model, runtime, token_batches: list[list[int]], quantiz
         per_batch.append(compare_logits(ref, got, ids))
     metrics = summarize(per_batch)
     failures = list(failures or []) + check_bounds(metrics, merged)
+    gate = getattr(token_batches, "source", None) or {  # GateBatches say which text the gate ran on
+        "kind": "caller", "path": None, "label": "token batches given by the caller"}
     report = {
         "artifact": str((extra or {}).get("artifact") or getattr(runtime, "path", "") or ""),
         "runtime": getattr(runtime, "name", type(runtime).__name__),
@@ -180,13 +188,15 @@ def run_parity(reference_model, runtime, token_batches: list[list[int]], quantiz
         "batches": len(batches),
         "seconds": round(time.perf_counter() - t0, 3),
         "per_batch": per_batch,
+        "gate_text": gate,
         **(extra or {}),
     }
     if report_path is not None:
         atomic_write_json(report_path, report)
     if failures:
         where = f" (report: {report_path})" if report_path is not None else ""
-        raise SlmkitError(f"{report['artifact'] or name}: parity gate failed: {'; '.join(failures)}{where}")
+        on = f" on {gate['label']}"
+        raise SlmkitError(f"{report['artifact'] or name}: parity gate failed{on}: {'; '.join(failures)}{where}")
     return report
 
 
@@ -245,3 +255,86 @@ def check_hf_parity(model, hf_dir: str | Path, tolerance: float = 1e-5, seq_len:
     if not rel <= tolerance:
         raise SlmkitError(f"{hf_dir}: HF export parity failed: max relative logit error {rel:.3e} > {tolerance:g}")
     return report
+
+
+# ---- which text the gate runs on ---------------------------------------------------------------
+
+GATE_TEXT_FILE = "gate_text.txt"  # held-out text recorded with a checkpoint (and carried into its HF folder)
+GATE_SEQ_LEN = 64
+GATE_MAX_BATCHES = 8
+
+
+class GateBatches(list):
+    """Token batches for the gate plus where they came from (`source`, recorded in the parity report)."""
+
+    def __init__(self, batches, source: dict[str, Any]):
+        super().__init__(batches)
+        self.source = source
+
+
+def gate_text_file(model_path: str | Path | None) -> Path | None:
+    """The held-out gate text stored with a checkpoint / HF folder, if there is one."""
+    if model_path is None:
+        return None
+    path = Path(model_path)
+    candidate = path / GATE_TEXT_FILE if path.is_dir() else path.with_name(GATE_TEXT_FILE)
+    return candidate if candidate.is_file() else None
+
+
+def read_gate_text(path: str | Path) -> str:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SlmkitError(f"{path}: gate text file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SlmkitError(f"{path}: cannot read gate text ({exc.__class__.__name__}; UTF-8 text expected)") from None
+    if not text.strip():
+        raise SlmkitError(f"{path}: gate text file is empty")
+    return text
+
+
+def text_token_batches(tokenizer, text: str, vocab_size: int | None, seq_len: int = GATE_SEQ_LEN,
+                       max_batches: int = GATE_MAX_BATCHES) -> list[list[int]]:
+    """Consecutive, non-overlapping windows of `text`'s token ids (no repetition: a short text gives fewer)."""
+    ids = [int(t) for t in tokenizer.encode(text, add_special_tokens=False)]
+    if vocab_size is not None:
+        ids = [t for t in ids if t < vocab_size]
+    batches = [ids[i:i + seq_len] for i in range(0, len(ids), seq_len)][:max_batches]
+    return [b for b in batches if len(b) >= 2]
+
+
+def gate_batches(model_path: str | Path | None, tokenizer, vocab_size: int, gate_text: str | Path | None = None,
+                 max_seq_len: int | None = None) -> GateBatches:
+    """The gate's token batches: `gate_text` (a FILE the user named), else the checkpoint's `gate_text.txt`,
+    else the built-in generic text (else seeded random ids when there is no tokenizer)."""
+    seq_len = min(GATE_SEQ_LEN, max_seq_len or GATE_SEQ_LEN)
+    chosen = [("--gate-text", Path(gate_text))] if gate_text is not None else []
+    stored = gate_text_file(model_path)
+    if stored is not None and not chosen:
+        chosen = [("checkpoint", stored)]
+    for kind, path in chosen:
+        if tokenizer is None:
+            raise SlmkitError(f"{path}: a gate text needs the model's tokenizer (none beside {model_path})")
+        batches = text_token_batches(tokenizer, read_gate_text(path), vocab_size, seq_len)
+        if not batches:
+            raise SlmkitError(f"{path}: the gate text gives fewer than 2 tokens")
+        label = (f"--gate-text {path}" if kind == "--gate-text" else f"the held-out text stored with the model ({path})")
+        return GateBatches(batches, {"kind": kind, "path": str(path), "label": label,
+                                     "tokens": sum(map(len, batches)), "batches": len(batches)})
+    batches = heldout_token_batches(tokenizer, vocab_size, n_batches=4, seq_len=seq_len)
+    kind = "generic" if tokenizer is not None else "random-ids"
+    label = ("the built-in generic text (no gate_text.txt beside the model, no --gate-text)" if tokenizer is not None
+             else "seeded random token ids (no tokenizer)")
+    return GateBatches(batches, {"kind": kind, "path": None, "label": label,
+                                 "tokens": sum(map(len, batches)), "batches": len(batches)})
+
+
+def carry_gate_text(src_model: str | Path, dst_folder: str | Path) -> Path | None:
+    """Copy the checkpoint's gate text into an exported folder (so exports of that folder gate on it too)."""
+    from slmkit.paths import atomic_write_text
+
+    found = gate_text_file(src_model)
+    if found is None:
+        return None
+    return atomic_write_text(Path(dst_folder) / GATE_TEXT_FILE, read_gate_text(found))
