@@ -60,9 +60,13 @@ def test_coord_check_mup_flatter_than_sp(tmp_path):
 @pytest.mark.slow
 def test_repro_quick_all(tmp_path):
     assert main(["repro", "all", "--quick", "--out", str(tmp_path)]) == 0
-    for name in ("wsd-vs-cosine", "muon-decay", "fp8", "mup-transfer"):
+    for name in ("wsd-vs-cosine", "muon-decay", "fp8", "mup-transfer", "long-context"):
         assert (tmp_path / name / "results.md").exists()
     assert (tmp_path / "fp8/loss.png").exists() and (tmp_path / "mup-transfer/sweep.png").exists()
+    assert (tmp_path / "mup-transfer/sweep_per_width.png").exists()
+    res = json.loads((tmp_path / "long-context/results.json").read_text())
+    assert len(res["rows"]) == 3 and res["hf_parity_max_abs_logit_diff_beyond_short"] < 1e-3
+    assert (tmp_path / "long-context/loss_by_position.png").exists()
 
 
 def test_trainer_imports_print_nothing_and_leave_torchao_alone():
@@ -77,3 +81,22 @@ def test_trainer_imports_print_nothing_and_leave_torchao_alone():
     main_cli = "import sys; from slmkit.cli import main; sys.argv = ['slmkit', 'train', '--help']; sys.exit(main())"
     rc = subprocess.run([sys.executable, "-c", main_cli], capture_output=True, text=True, timeout=120)
     assert rc.returncode == 0 and "config" in rc.stdout and rc.stderr == "", rc.stderr
+
+
+def test_lr_sweep_refines_extra_seeds_and_resumes(tmp_path):
+    from slmkit.train.experiments.mup_tools import lr_sweep
+
+    lrs = (1e-3, 1e-2, 1e-1, 1.0)
+    kw = dict(widths=(32,), lrs=lrs, steps=3, seeds={32: [0, 1]}, refine=True, params=("mup",), batch_size=2, seq_len=16)
+    res = lr_sweep(tmp_path, **kw)
+    runs = [json.loads(x) for x in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    first = {r["lr"]: r["loss"] for r in runs if r["seed"] == 0}
+    assert sorted(first) == list(lrs)
+    b = lrs.index(min(first, key=first.get))
+    assert sorted(r["lr"] for r in runs if r["seed"] == 1) == sorted(lrs[max(0, b - 1):b + 2])
+    assert res["best_lr"]["mup"][32] in lrs[max(0, b - 1):b + 2]  # chosen among LRs every seed ran
+    with open(tmp_path / "runs.jsonl", "a") as f:
+        f.write('{"param": "mup", "wid')  # a torn line from a killed sweep
+    again = lr_sweep(tmp_path, **kw)  # everything cached: same answer, no new runs
+    assert again["best_lr"] == res["best_lr"]
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == len(runs) + 1

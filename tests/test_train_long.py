@@ -96,3 +96,22 @@ def test_exported_hf_folder_honours_the_new_rope_base_beyond_the_old_length(env,
     model.cfg.rope_theta = 10000.0  # the old base gives different logits at late positions: the check bites
     with torch.no_grad():
         assert not torch.allclose(model(ids)[:, 40:], theirs[:, 40:], atol=1e-3)
+
+
+@pytest.mark.slow  # torch.compile on CPU: tens of seconds
+def test_compiled_trainer_matches_eager_through_every_phase(env, tmp_path):
+    """train.compile=true runs the same computation (to float tolerance) through stable, the Muon
+    decay and the long-context stage (a new RoPE base and length: a recompile)."""
+    root, tok, full = env
+    res = train(_cfg(tok, root / "data", train__compile=True), tmp_path / "c")
+    assert res["compiled"] is True, res["compile"]
+    assert res["losses"] == pytest.approx(full["losses"], rel=2e-4, abs=2e-4)
+
+
+def test_compile_auto_decision():
+    from slmkit.train.trainer import COMPILE_MIN_CPU_STEPS, want_compile
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert want_compile("auto", cuda, 10)[0] is True
+    assert want_compile("auto", cpu, COMPILE_MIN_CPU_STEPS - 1)[0] is False
+    assert want_compile(True, cpu, 1)[0] is True and want_compile(False, cuda, 10**6)[0] is False

@@ -4,7 +4,7 @@
   slmkit data prepare (--config CONFIG.yaml | --source NAME=GLOB ... --tokenizer DIR) --out DIR
   slmkit mup coord-check [--out DIR] [--widths 64,128,256,512] [--steps 5]
   slmkit mup sweep [--out DIR] [--widths 64,256] [--lrs ...] [--steps 60]
-  slmkit repro {wsd-vs-cosine,muon-decay,fp8,mup-transfer,all} [--out DIR]
+  slmkit repro {wsd-vs-cosine,muon-decay,fp8,mup-transfer,long-context,all} [--out DIR]
 """
 
 from __future__ import annotations
@@ -148,8 +148,8 @@ def add_commands(sub) -> None:
     sw.add_argument("--seed", type=int, default=0)
     sw.set_defaults(func=cmd_sweep)
 
-    r = sub.add_parser("repro", help="fidelity experiments (WSD vs cosine, Muon decay, FP8 gap, µP transfer)")
-    r.add_argument("which", choices=["wsd-vs-cosine", "muon-decay", "fp8", "mup-transfer", "all"])
+    r = sub.add_parser("repro", help="fidelity experiments (WSD vs cosine, Muon decay, FP8 gap, µP transfer, long context)")
+    r.add_argument("which", choices=["wsd-vs-cosine", "muon-decay", "fp8", "mup-transfer", "long-context", "all"])
     r.add_argument("--out", default="runs/repro")
     r.add_argument("--quick", action="store_true", help="tiny settings (seconds; for smoke tests)")
     r.set_defaults(func=cmd_repro)
