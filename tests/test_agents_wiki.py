@@ -118,3 +118,28 @@ def test_hotpotqa_offline_corpus_holds_every_supporting_page(data_dir, tmp_path,
         for title in t.data["supporting_titles"]:
             obs = env.step(f"search[{title}]").observation
             assert not obs.startswith("Could not find"), (t.id, title)
+
+
+def test_live_wiki_reads_search_pages_as_wikienv(monkeypatch):
+    """The HTML reading of --live-wiki on saved-page-shaped strings (the network itself is never used in
+    tests): result headings → similar titles; an article → its <p>/<ul> blocks of more than two words;
+    a disambiguation page → searched again as [entity]."""
+    from slmkit.agents.live_wiki import LiveWiki
+
+    pages = {
+        "Beautiful": "<div class='mw-search-result-heading'><a>Beautiful (Christina Aguilera song)</a></div>"
+                     "<div class='mw-search-result-heading'><a>Life Is Beautiful</a></div>",
+        "Mercury": "<p>Mercury may refer to:</p><ul><li>Mercury (planet)</li></ul>",
+        "[Mercury]": "<p>Mercury is the <b>smallest</b> planet. It orbits the Sun.</p><p>Hi</p>"
+                     "<ul><li>Closest to the Sun. </li><li>No moons</li></ul>",
+    }
+    wiki = LiveWiki.__new__(LiveWiki)
+    monkeypatch.setattr(wiki, "_get", lambda entity: pages[entity], raising=False)
+    hit = wiki.search("Beautiful")
+    assert hit.page is None and hit.similar == ["Beautiful (Christina Aguilera song)", "Life Is Beautiful"]
+    hit = wiki.search("Mercury")
+    assert hit.page == "Mercury is the smallest planet. It orbits the Sun.\nClosest to the Sun. No moons\n"
+    tools = WikiTools(wiki)
+    assert tools.step("search[Beautiful]")[0] == ("Could not find Beautiful. Similar: "
+                                                  "['Beautiful (Christina Aguilera song)', 'Life Is Beautiful'].")
+    assert tools.step("search[Mercury]")[0] == "Mercury is the smallest planet. It orbits the Sun.. Closest to the Sun. No moons."
