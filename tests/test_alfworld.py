@@ -313,3 +313,25 @@ def test_fewshot_trajectories_parse_into_actions_and_answers():
     assert put0.task_line == "Your task is to: put some spraybottle on toilet."
     assert put0.steps[2] == ("go to cabinet 1", ["On the cabinet 1, you see a cloth 1, a soapbar 1, a soapbottle 1."])
     assert put0.steps[-1] == ("put spraybottle 2 in/on toilet 1", ["You put the spraybottle 2 in/on the toilet 1."])
+
+
+def test_fewshot_game_search_finds_only_another_trial(ood):
+    """ReAct's trajectories were recorded on train games that are not here: the one prompt whose room and goal
+    exist here (react_puttwo_0) meets another trial of that task. Its room answers replay word for word,
+    answers that list objects share the recorded template, and the search says the recorded game is absent."""
+    from slmkit.agents.alfworld.fewshot import find_game
+
+    env, _ = ood
+    shot = parse_fewshot("react_puttwo_0", load_prompts()["react_puttwo_0"])
+    found = find_game(env, shot)
+    assert found["game"] is None and len(found["same_start"]) == 1
+    assert found["same_start"][0].startswith("valid_seen/pick_two_obj_and_place-CreditCard-None-Dresser-311/")
+    rep = found["replay"]
+    assert rep["first_observation_matches"] and rep["answers"] == 12 and rep["mismatches"]
+    recorded = [line for _, lines in shot.steps for line in lines if line != "OK."]
+    differ = {m["answer"]: m["game"] for m in rep["mismatches"]}
+    for n, text in enumerate(recorded, 1):
+        if "closed" in text:
+            assert n not in differ  # "The drawer 1 is closed." does not depend on where objects are
+        elif n in differ and differ[n] != "Nothing happens.":
+            assert differ[n].split("you see")[0] == text.split("you see")[0]
