@@ -126,7 +126,7 @@ def test_generate_until_same_text_on_every_backend(tiny_hf, tmp_path, tiny_token
     assert len(set(ours)) > 1 and all(ours), ours
     gguf_path = write_gguf(tiny_hf[1], tmp_path / "tiny-f32.gguf", tiny_tokenizer_dir, dtype="f32")
     batched = LlamaCppLM(str(gguf_path), max_length=WINDOW, f32_kv=True)
-    assert batched.batch_size == 8  # llama.cpp decodes the chunk as parallel sequences
+    assert batched.batch_size == 32  # the engine decodes them as parallel llama.cpp sequences
     assert batched.generate_until(reqs, disable_tqdm=True) == ours
     serial = LlamaCppLM(str(gguf_path), max_length=WINDOW, f32_kv=True, batch_size=1)
     assert serial.generate_until(reqs, disable_tqdm=True) == ours

@@ -99,9 +99,11 @@ def test_generate_batch_equals_one_prompt_at_a_time():
     shared = rng.integers(0, 1000, 66).tolist()
     fewshot = [shared + rng.integers(0, 1000, n).tolist() for n in (2, 9, 1)] + [prompts[1]]
     assert rt.generate_batch(fewshot, 12) == [list(rt.generate_ids(p, SamplingParams(max_new_tokens=12))) for p in fewshot]
-    # the context window caps the budget as generate_ids does (max_seq_len 96)
+    # the context window caps each row's budget as generate_ids does (max_seq_len 96): 90 tokens leave 6
     long = [list(range(90)), [1, 2, 3]]
-    assert rt.generate_batch(long, 50) == [list(rt.generate_ids(p, SamplingParams(max_new_tokens=50)))[:6] for p in long]
+    got = rt.generate_batch(long, 50)
+    assert got == [list(rt.generate_ids(p, SamplingParams(max_new_tokens=50))) for p in long]
+    assert len(got[0]) == 6 and len(got[1]) > 6
 
 
 def test_loglikelihood_fast_path_equals_naive():
@@ -128,7 +130,7 @@ def test_loglikelihood_prefix_reuse_equals_naive():
     reqs += [(reqs[1][0], [7, 8, 9]), (shared[:10], [4]), ([], [3, 2]), (shared, [])]
     seen = []
     fast = rt.loglikelihood(reqs, batch_size=3, progress=seen.append)
-    naive = Runtime.loglikelihood(rt, reqs[:-2]) + [Runtime.loglikelihood(rt, [([rt._start_id()], [3, 2])])[0], (0.0, True)]
+    naive = Runtime.loglikelihood(rt, reqs[:-2]) + [Runtime.loglikelihood(rt, [([rt.start_id()], [3, 2])])[0], (0.0, True)]
     for (f, fg), (n, ng) in zip(fast, naive):
         assert f == pytest.approx(n, rel=1e-5, abs=1e-4) and fg == ng
     assert sum(seen) == len(reqs)

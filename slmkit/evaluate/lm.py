@@ -1,8 +1,9 @@
 """slmkit runtimes as lm-eval models, registered as `slmkit-<backend>` (serve.backends' vocabulary):
 
-  slmkit-torch        native torch model on an HF folder or slmkit checkpoint: prefix-KV-reuse scoring,
-                      batched greedy generation (TorchRuntime.generate_batch)
-  slmkit-llama.cpp    a GGUF through llama.cpp in-process (batched greedy generation as parallel sequences)
+  slmkit-torch        native torch model on an HF folder or slmkit checkpoint: scoring and generation on
+                      the engine (many contexts per forward, continuations on the context's keys/values,
+                      continuous batching, prefix cache)
+  slmkit-llama.cpp    a GGUF through llama.cpp in-process (generation on the engine: parallel sequences)
   slmkit-onnxruntime  an ONNX folder through ONNX Runtime
 (the names before the vocabulary, slmkit-hf / slmkit-gguf / slmkit-onnx, stay registered as aliases.)
 Tokenisation, context/continuation splitting, truncation and stop handling follow lm-eval's `hf`
@@ -21,22 +22,26 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 
 from slmkit.errors import SlmkitError
+from slmkit.serve.base import SamplingParams
 
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval hf default
+DEFAULT_BATCH = 32  # sequences the engine decodes together
+SCORE_STEP_TOKENS = 2048  # tokens per forward (larger matrices: better CPU throughput)
 
 
 class SlmkitLM(TemplateLM):
-    """Shared lm-eval plumbing; subclasses provide `_score(pairs)` and `_generate(prompts, max_new, stop)`."""
+    """Shared lm-eval plumbing; subclasses provide `runtime` and `_score(pairs, progress)`; generation goes
+    through `_generate` to the runtime's engine."""
 
     backend = "causal"
     backend_name = "base"
     chunk = 1024  # requests per scoring call (resumability granularity)
 
-    def __init__(self, tokenizer, max_length: int, batch_size: int = 8, path: str | Path | None = None) -> None:
+    def __init__(self, tokenizer, max_length: int, batch_size: int = DEFAULT_BATCH, path: str | Path | None = None) -> None:
         super().__init__()
         self.tokenizer = tokenizer
         self._max_length = int(max_length)
-        self.batch_size = max(1, int(batch_size or 8))
+        self.batch_size = max(1, int(batch_size or DEFAULT_BATCH))
         self.path = Path(path) if path else None
 
     # ---- tokenisation (as lm-eval's hf model) ---------------------------------------------------
@@ -91,6 +96,8 @@ class SlmkitLM(TemplateLM):
         raise SlmkitError(f"loglikelihood_rolling (perplexity tasks) is not supported by the {self.backend_name} backend")
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Every request goes to the runtime's engine at once (continuous batching, `batch_size` rows); stop
+        strings end a row as lm-eval's hf model does, and the text is cut by lm-eval's own post-processing."""
         eos = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
         jobs = []
         for i, req in enumerate(requests):
@@ -103,35 +110,42 @@ class SlmkitLM(TemplateLM):
             max_ctx = self.max_length - max_gen if max_gen < self.max_length else self.max_length
             ids = self.tok_encode(context)[-max_ctx:]
             jobs.append((i, ids, until, max_gen, context, gen_kwargs))
-        jobs.sort(key=lambda j: j[1])  # by tokens: prompts with the same few-shot exemplars share a batch and its prefix
+        jobs.sort(key=lambda j: j[1])  # by tokens: prompts sharing few-shot exemplars adjoin (the prefix cache)
         results: list[str | None] = [None] * len(jobs)
         bar = tqdm(total=len(jobs), desc=f"generate_until ({self.backend_name})", disable=disable_tqdm)
-        for start in range(0, len(jobs), self.batch_size):
-            chunk = jobs[start:start + self.batch_size]
-            max_gen = max(j[3] for j in chunk)
-            outs = self._generate([j[1] for j in chunk], max_gen, [j[2] for j in chunk])
-            for job, toks in zip(chunk, outs):
-                text = postprocess_generated_text(self.tok_decode(toks[:job[3]]), job[2], None)
-                results[job[0]] = text
-                self.cache_hook.add_partial("generate_until", (job[4], job[5]), text)
-            bar.update(len(chunk))
+
+        def finished(k, token_ids):
+            job = jobs[k]
+            if results[job[0]] is not None:
+                return
+            text = postprocess_generated_text(self.tok_decode(token_ids[:job[3]]), job[2], None)
+            results[job[0]] = text
+            self.cache_hook.add_partial("generate_until", (job[4], job[5]), text)
+            bar.update(1)
+
+        self._on_generated = finished
+        outs = self._generate([j[1] for j in jobs], [j[3] for j in jobs], [j[2] for j in jobs])
+        for k, toks in enumerate(outs):
+            finished(k, toks)
         bar.close()
         return results  # type: ignore[return-value]
 
-    def _stop_checker(self, stops: list[list[str]]):
-        """done(row, ids): a stop string has appeared in the decoded continuation."""
-        tails = [max((len(s) for s in row), default=0) + 4 for row in stops]
+    def _generate(self, prompts: list[list[int]], max_new: list[int], stops: list[list[str]]) -> list[list[int]]:
+        """Greedy token ids per prompt (its own budget and stop strings) from the runtime's engine; each is
+        handed to lm-eval's cache as soon as it is done (`_on_generated`), so an interrupted run resumes."""
+        from slmkit.serve.engine import Request
 
-        def done(row: int, ids: list[int]) -> bool:  # a new stop string ends in the newest token: decode the tail
-            text = self.tok_decode(ids[-tails[row]:])
-            return any(s and s in text for s in stops[row])
-        return done
+        reqs = [Request(p, SamplingParams(max_new_tokens=m, stop=list(st))) for p, m, st in zip(prompts, max_new, stops)]
+        done = getattr(self, "_on_generated", None)
+        results = self.engine().generate_many(reqs, progress=(lambda k, r: done(k, r.token_ids)) if done else None)
+        return [r.token_ids for r in results]
+
+    def engine(self):
+        """The runtime's engine with this model's batch size."""
+        return self.runtime.engine(max_batch=self.batch_size, max_step_tokens=max(SCORE_STEP_TOKENS, self.batch_size))
 
     # ---- to implement -----------------------------------------------------------------------------
     def _score(self, pairs, progress) -> list[tuple[float, bool]]:
-        raise NotImplementedError
-
-    def _generate(self, prompts: list[list[int]], max_new: int, stops: list[list[str]]) -> list[list[int]]:
         raise NotImplementedError
 
     def get_model_info(self) -> dict:
@@ -140,7 +154,7 @@ class SlmkitLM(TemplateLM):
 
 @register_model("slmkit-torch", "slmkit-hf")
 class TorchLM(SlmkitLM):
-    """The native µP torch model (fp32 on CPU) through TorchRuntime: prefix-KV-reuse scoring, batched decoding."""
+    """The native µP torch model (fp32 on CPU) through TorchRuntime: scoring and generation on its engine."""
 
     backend_name = "torch"
 
@@ -152,17 +166,13 @@ class TorchLM(SlmkitLM):
         tokenizer = load_tokenizer(pretrained)
         self.runtime = TorchRuntime(pretrained, tokenizer=tokenizer, threads=threads)  # owns the model: no weight copy
         self.model = self.runtime.model
-        bs = 8 if batch_size in (None, "auto") else int(batch_size)
+        bs = DEFAULT_BATCH if batch_size in (None, "auto") else int(batch_size)
         super().__init__(tokenizer, int(max_length or self.model.cfg.max_seq_len), bs, pretrained)
 
     def _score(self, pairs, progress):
         keep = self.max_length + 1  # as lm-eval's hf model: the last max_length+1 tokens of ctx+cont
         pairs = [(list(c)[max(0, len(c) + len(t) - keep):], list(t)) for c, t in pairs]
-        return self.runtime.loglikelihood(pairs, batch_size=16, progress=progress)
-
-    def _generate(self, prompts, max_new, stops):
-        """Greedy, the whole chunk decoded together (TorchRuntime.generate_batch: one weight pass per step)."""
-        return self.runtime.generate_batch(prompts, max_new, self._stop_checker(stops))
+        return self.engine().loglikelihood(pairs, progress=progress)
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
@@ -174,8 +184,8 @@ class TorchLM(SlmkitLM):
 
 
 class RuntimeLM(SlmkitLM):
-    """Any slmkit.serve runtime: scoring through `Runtime.loglikelihood`, generation through
-    `Runtime.generate_batch` (batch_size prompts per chunk, default 8; 1 = one prompt at a time)."""
+    """Any slmkit.serve runtime: scoring through `Runtime.loglikelihood`, generation on the runtime's engine
+    (`batch_size` sequences together, default 32; 1 = one prompt at a time)."""
 
     serve_backend = ""
 
@@ -188,7 +198,7 @@ class RuntimeLM(SlmkitLM):
             raise SlmkitError(f"{pretrained}: the {self.serve_backend} runtime exposes no tokenizer")
         window = getattr(self.runtime, "n_ctx", None) or getattr(self.runtime, "max_seq_len", None)
         limit = max_length or (window - 1 if window else None) or 2048  # the runtime holds ctx+cont: max_length+1
-        bs = 8 if batch_size in (None, "auto") else int(batch_size)
+        bs = DEFAULT_BATCH if batch_size in (None, "auto") else int(batch_size)
         super().__init__(tok, int(limit), bs, pretrained)
 
     def _score(self, pairs, progress):
@@ -200,9 +210,6 @@ class RuntimeLM(SlmkitLM):
             out.extend((float(lp), bool(g)) for lp, g in self.runtime.loglikelihood(chunk))
             progress(len(chunk))
         return out
-
-    def _generate(self, prompts, max_new, stops):
-        return self.runtime.generate_batch(prompts, max_new, self._stop_checker(stops))
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):

@@ -4,28 +4,23 @@ A backend implements `logits` (full-sequence float32 logits: parity gates and sc
 (its own fast decode loop); `generate_batch` and `loglikelihood` have serial defaults here that a backend
 overrides with a batched path (torch: a batch KV cache; llama.cpp: parallel sequences), so callers never
 probe for them.
-Everything text-level — chat templates, stop strings, streaming detokenisation — lives here once.
+Everything text-level — chat templates, stop strings, streaming detokenisation — lives once: here and in
+serve.text (`TextStream`) and serve.sampling (SamplingParams, sampling, scoring helpers; re-exported
+here). `Runtime.engine()` gives the runtime's generation engine (slmkit.serve.engine), through which
+`generate_batch` runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from slmkit.errors import SlmkitError
-
-
-@dataclass
-class SamplingParams:
-    max_new_tokens: int = 128
-    temperature: float = 0.0  # 0 = greedy
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
-    stop: list[str] = field(default_factory=list)
+from slmkit.serve.sampling import (SamplingParams, common_prefix, group_by_context, log_softmax, sample_token,  # noqa: F401
+                                   score_rows)
+from slmkit.serve.text import TextStream, first_stop  # noqa: F401
 
 
 class Runtime:
@@ -45,7 +40,13 @@ class Runtime:
         raise NotImplementedError
 
     def close(self) -> None:  # free native resources
-        pass
+        self.close_engine()
+
+    def close_engine(self) -> None:
+        """Close every engine made on this runtime (before the runtime frees what they run on)."""
+        for engine in list(getattr(self, "_engines", ())):
+            engine.close()
+        self._engine = None
 
     # ---- shared behaviour ---------------------------------------------------------------------
     @property
@@ -77,30 +78,16 @@ class Runtime:
     def generate(self, prompt, params: SamplingParams | None = None, stop: Sequence[str] = ()) -> Iterator[str]:
         """Stream text pieces; stops at EOS, max_new_tokens or the first stop string (not included)."""
         params = params or SamplingParams()
-        stops = list(stop) + list(params.stop)
-        ids = self.encode_prompt(prompt)
-        out_ids: list[int] = []
-        emitted = ""
-        hold = max((len(s) for s in stops), default=0)
-        for tid in self.generate_ids(ids, params):
-            out_ids.append(tid)
-            text = self.tokenizer.decode(out_ids, skip_special_tokens=True)
-            if text.endswith("\ufffd"):
-                continue  # wait for the rest of a multi-byte character
-            cut = _first_stop(text, stops)
-            if cut is not None:
-                if cut > len(emitted):
-                    yield text[len(emitted):cut]
-                return
-            safe = len(text) - hold if hold else len(text)
-            if safe > len(emitted):
-                yield text[len(emitted):safe]
-                emitted = text[:safe]
-        text = self.tokenizer.decode(out_ids, skip_special_tokens=True)
-        cut = _first_stop(text, stops)
-        text = text if cut is None else text[:cut]
-        if len(text) > len(emitted):
-            yield text[len(emitted):]
+        stream = TextStream(self.tokenizer, list(stop) + list(params.stop))
+        for tid in self.generate_ids(self.encode_prompt(prompt), params):
+            piece = stream.push(int(tid))
+            if piece:
+                yield piece
+            if stream.stopped:
+                break
+        piece = stream.finish()
+        if piece:
+            yield piece
 
     def complete(self, prompt, params: SamplingParams | None = None, stop: Sequence[str] = ()) -> str:
         return "".join(self.generate(prompt, params, stop))
@@ -120,18 +107,42 @@ class Runtime:
 
     def generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                        done: Callable[[int, list[int]], bool] | None = None) -> list[list[int]]:
-        """Greedy continuations of several prompts (token ids). A row ends at EOS, at `max_new_tokens`, or when
-        `done(row, ids)` says so. This default runs them one at a time; batched backends override it."""
-        out = []
-        eos = self.eos_ids
+        """Greedy continuations of several prompts (token ids), through this runtime's engine. A row ends at
+        EOS (included), at `max_new_tokens`, or when `done(row, ids)` says so."""
+        from slmkit.serve.engine import Request
+
+        requests = []
         for row, ids in enumerate(prompts):
-            toks: list[int] = []
-            for t in self.generate_ids(list(ids), SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)):
-                toks.append(int(t))
-                if t in eos or (done is not None and done(row, toks)):
-                    break
-            out.append(toks)
-        return out
+            seen: list[int] = []
+
+            def on_token(tid, _piece, row=row, seen=seen):
+                seen.append(tid)
+                return done is not None and done(row, seen)
+            requests.append(Request(list(ids), SamplingParams(max_new_tokens=max_new_tokens), on_token=on_token))
+        return [r.token_ids for r in self.engine().generate_many(requests)]
+
+    def engine(self, **options):
+        """This runtime's generation engine (slmkit.serve.engine.Engine): continuous batching and a prefix
+        cache on torch and llama.cpp, the runtime's own loop elsewhere. Without options the runtime's shared
+        engine (kept, so its prefix cache lives across calls); with options a shared engine made with them
+        (replacing one made with other options)."""
+        from slmkit.serve.engine import Engine
+
+        have = getattr(self, "_engine", None)
+        if have is not None and not have.closed and (not options or have.options == options):
+            return have
+        if have is not None:
+            have.close()
+        self._engine = Engine.for_runtime(self, **options)
+        return self._engine
+
+    def start_id(self) -> int:
+        """The token an empty prompt starts from (BOS, else EOS, else 0)."""
+        tok = self.tokenizer
+        for t in (getattr(tok, "bos_token_id", None), getattr(tok, "eos_token_id", None)):
+            if t is not None:
+                return int(t)
+        return 0
 
     def loglikelihood(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[tuple[float, bool]]:
         """(sum log p(continuation | context), continuation is greedy) per request; backends may batch/reuse."""
@@ -149,67 +160,3 @@ class Runtime:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
-    """Greedy when temperature <= 0, else temperature / top-k / top-p sampling from one logits row."""
-    if params.temperature is None or params.temperature <= 0:
-        return int(np.argmax(logits))
-    x = np.asarray(logits, dtype=np.float64) / params.temperature
-    if params.top_k and 0 < params.top_k < x.size:
-        kth = np.partition(x, -params.top_k)[-params.top_k]
-        x = np.where(x < kth, -np.inf, x)
-    p = np.exp(x - x.max())
-    p /= p.sum()
-    if params.top_p is not None and params.top_p < 1.0:
-        order = np.argsort(-p, kind="stable")
-        sorted_p = p[order]
-        keep = (np.cumsum(sorted_p) - sorted_p) < params.top_p  # the smallest prefix reaching top_p
-        p = np.zeros_like(p)
-        p[order[keep]] = sorted_p[keep]
-        p /= p.sum()
-    cdf = np.cumsum(p)
-    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), p.size - 1))
-
-
-def group_by_context(requests, start_id: int) -> tuple[list, dict[tuple[int, ...], list[int]]]:
-    """Loglikelihood requests grouped by context (empty continuations pre-scored as (0.0, True)),
-    so a backend runs each distinct context once and its continuations on top of its KV cache."""
-    from collections import defaultdict
-
-    results: list = [None] * len(requests)
-    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for i, (ctx, cont) in enumerate(requests):
-        if not cont:
-            results[i] = (0.0, True)
-        else:
-            groups[tuple(int(t) for t in ctx) or (start_id,)].append(i)
-    return results, groups
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Number of leading tokens `a` and `b` share (how much of a KV cache one can lend the other)."""
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def score_rows(logits: np.ndarray, cont: Sequence[int]) -> tuple[float, bool]:
-    """(sum of log p(cont[i]) under logits[i], every cont token is the argmax)."""
-    logp = log_softmax(np.asarray(logits))
-    idx = np.arange(len(cont))
-    cont_arr = np.asarray(cont, dtype=np.int64)
-    return float(logp[idx, cont_arr].sum()), bool((np.argmax(logits, -1) == cont_arr).all())
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
-def _first_stop(text: str, stops: Sequence[str]) -> int | None:
-    hits = [text.find(s) for s in stops if s and s in text]
-    return min(hits) if hits else None

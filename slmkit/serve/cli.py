@@ -1,4 +1,5 @@
-"""`slmkit generate MODEL PROMPT`: streaming generation on any runtime (torch, llama.cpp, onnxruntime, vllm)."""
+"""`slmkit generate MODEL PROMPT`: streaming generation on any runtime (torch, llama.cpp, onnxruntime, vllm),
+through the runtime's engine (slmkit.serve.engine) like every other caller."""
 
 from __future__ import annotations
 
@@ -22,14 +23,22 @@ def add_commands(sub) -> None:
 
 def _generate(args) -> int:
     from slmkit.serve import SamplingParams, load
+    from slmkit.serve.engine import Request
 
     runtime = load(args.model, backend=args.backend)
-    prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
-    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                            top_p=args.top_p, seed=args.seed)
-    for piece in runtime.generate(prompt, params, stop=args.stop):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
-    runtime.close()
+    try:
+        prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
+        params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                                top_p=args.top_p, seed=args.seed)
+        handle = runtime.engine().submit(Request(runtime.encode_prompt(prompt), params, stop=args.stop))
+        try:
+            for piece in handle:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            handle.cancel()
+            raise
+        sys.stdout.write("\n")
+    finally:
+        runtime.close()
     return 0
