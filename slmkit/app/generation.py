@@ -178,16 +178,25 @@ def context_length(runtime: Runtime) -> int | None:
     return int(n) if n else None
 
 
-class _Tracked(Runtime):
-    """The runtime seen through one job: counts generated ids, checks the cancel flag after every token,
-    and learns why generation ended. Text-level work (stop strings, detokenisation) stays in Runtime.generate."""
+class ObservedRuntime(Runtime):
+    """A runtime seen through one request: counts generated ids, checks `handle.cancelled` after every token
+    (ending generation, or raising `Cancelled` when `raise_on_cancel`), calls `on_token(ids)` per token, and
+    learns why generation ended. Text-level work (stop strings, detokenisation) stays in Runtime.generate;
+    everything else (n_ctx, cfg, ...) is the inner runtime's."""
 
-    def __init__(self, inner: Runtime, handle: Handle) -> None:
-        self.inner, self.handle = inner, handle
+    def __init__(self, inner: Runtime, handle: Handle, on_token: Callable[[list[int]], None] | None = None,
+                 raise_on_cancel: bool = False) -> None:
+        self.inner, self.handle, self.on_token, self.raise_on_cancel = inner, handle, on_token, raise_on_cancel
         self.tokenizer, self.path, self.name = inner.tokenizer, inner.path, inner.name
         self.ids: list[int] = []
         self.exhausted = False  # the backend ended by itself (EOS or budget), not a stop string
         self.first_token_at: float | None = None
+
+    def __getattr__(self, name: str):
+        inner = self.__dict__.get("inner")
+        if inner is None:
+            raise AttributeError(name)
+        return getattr(inner, name)
 
     @property
     def eos_ids(self) -> set[int]:
@@ -196,13 +205,21 @@ class _Tracked(Runtime):
     def encode_prompt(self, prompt) -> list[int]:
         return self.inner.encode_prompt(prompt)
 
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        return self.inner.logits(token_ids)
+
     def generate_ids(self, prompt_ids: Sequence[int], params: SamplingParams) -> Iterator[int]:
+        self.ids, self.exhausted = [], False
         for tid in self.inner.generate_ids(prompt_ids, params):
             if self.handle.cancelled:
+                if self.raise_on_cancel:
+                    raise Cancelled()
                 return
             if self.first_token_at is None:
                 self.first_token_at = time.perf_counter()
             self.ids.append(int(tid))
+            if self.on_token is not None:
+                self.on_token(self.ids)
             yield tid
         self.exhausted = True
 
@@ -359,7 +376,7 @@ class GenerationService:
     def _run_job(self, job: Job, handle: Handle) -> Result:
         runtime = self.runtime
         start = time.perf_counter()
-        tracked = _Tracked(runtime, handle)
+        tracked = ObservedRuntime(runtime, handle)
         pieces = []
         if job.params.max_new_tokens > 0:
             for piece in tracked.generate(list(job.prompt_ids), job.params):
