@@ -150,6 +150,13 @@ def test_a_killed_deploy_resumes_without_redoing_finished_work(tiny_model, tmp_p
 
     monkeypatch.setattr(runner, "run_eval", spy)
     monkeypatch.setattr(gguf_mod, "export_gguf", no_export)
+    # the report of the partial run, running nothing: finished cells scored, the rest "not run"
+    assert deploy_main(argv + ["--report-only"]) == 0 and calls == []
+    partial = json.loads((out / "report.json").read_text())
+    for name in ("torch", "f32"):
+        for task in ("ARC-Easy", "PIQA", "WinoGrande"):
+            cell = partial["tasks"][task]["cells"][name]
+            assert cell["status"] == ("ok" if (name, task) in done_before else "not run")
     assert deploy_main(argv) == 0
     every = {(a, t) for a in ("torch", "f32") for t in ("ARC-Easy", "PIQA", "WinoGrande")}
     assert set(calls) == every - done_before and len(calls) == len(set(calls))
@@ -172,3 +179,15 @@ def test_bad_arguments_are_one_line_errors(tiny_model, tmp_path, capsys):
     assert "give --limit or --budget-minutes, not both" in capsys.readouterr().err
     assert deploy_main(["deploy", str(tiny_model), "--types", "torch", "--reference", "q8_0", "--out", str(tmp_path / "c")]) == 2
     assert "--reference q8_0: not among --types" in capsys.readouterr().err
+
+
+def test_type_bounds_parse_to_exporter_bounds():
+    from slmkit.deploy.cli import parse_type_bounds
+    from slmkit.errors import SlmkitError
+
+    assert parse_type_bounds(["q4_0:min_top1=0.7", "q4_0:max_ppl_ratio=none", "onnx-int8:max_mean_kl=0.2"]) == {
+        "q4_0": {"min_top1": 0.7, "max_ppl_ratio": None}, "onnx-int8": {"max_mean_kl": 0.2}}
+    with pytest.raises(SlmkitError, match="expected TYPE:KEY=VALUE"):
+        parse_type_bounds(["min_top1=0.7"])
+    with pytest.raises(SlmkitError, match="KEY one of"):
+        parse_type_bounds(["q4_0:top=0.7"])

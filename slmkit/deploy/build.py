@@ -59,8 +59,10 @@ class Builder:
     """Exports for one source model; the fp32 model and the gate batches are made once, on first need."""
 
     def __init__(self, model_path: Path, artifacts_dir: Path, gate_text: str | Path | None = None,
-                 threads: int | None = None, say: Callable[[str], None] = print):
+                 threads: int | None = None, say: Callable[[str], None] = print,
+                 bounds: dict[str, dict[str, float | None]] | None = None):
         self.model_path, self.dir, self.gate_text, self.threads, self.say = model_path, artifacts_dir, gate_text, threads, say
+        self.bounds = bounds or {}  # file type (e.g. "q4_0", "onnx-int8") -> parity bound overrides
         self._model = None
         self._batches = None
 
@@ -111,11 +113,12 @@ class Builder:
                 from slmkit.export.gguf import export_gguf
 
                 export_gguf(self.model_path, path, spec.qtype, n_threads=self.threads, model=self.model(),
-                            parity_batches=self.batches())
+                            parity_batches=self.batches(), bounds=self.bounds.get(spec.file_key))
             else:
                 from slmkit.export.onnx import export_onnx
 
-                export_onnx(self.model_path, path, int8=spec.qtype == "int8", parity_batches=self.batches())
+                export_onnx(self.model_path, path, int8=spec.qtype == "int8", parity_batches=self.batches(),
+                            bounds=self.bounds.get(spec.file_key))
         except SlmkitError as exc:
             report_path = parity_file(spec, path)
             sibling = path.parent / f"{path.name}.parity.json"  # ONNX writes the failed report beside the folder

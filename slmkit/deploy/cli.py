@@ -41,7 +41,12 @@ def add_commands(subparsers) -> None:
     p.add_argument("--prompt-tokens", type=int, default=512, help="latency bench prompt length (default 512)")
     p.add_argument("--new-tokens", type=int, default=128, help="latency bench decoded tokens (default 128)")
     p.add_argument("--repeats", type=int, default=3, help="latency bench repeats (default 3)")
+    p.add_argument("--bound", action="append", default=[], metavar="TYPE:KEY=VALUE",
+                   help="override one parity bound of one type, e.g. q4_0:min_top1=0.7 (KEY: max_rel_err, min_top1, "
+                        "max_ppl_ratio, max_mean_kl; VALUE 'none' drops it); repeatable; shown in the report")
     p.add_argument("--retry-failed", action="store_true", help="retry exports that failed in an earlier run")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the report from what OUT/state.json holds, running nothing (e.g. during a long run)")
     p.add_argument("--out", default=None, help="run folder (default runs/deploy-<model>)")
     p.set_defaults(func=run)
 
@@ -59,9 +64,24 @@ def run(args: argparse.Namespace) -> int:
                        reference=args.reference, gate_text=args.gate_text, threads=args.threads,
                        batch_size=args.batch_size, pilot_limit=args.pilot_limit, bootstrap=args.bootstrap,
                        latency=not args.no_latency, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
-                       repeats=args.repeats, retry_failed=args.retry_failed, argv=argv)
+                       repeats=args.repeats, retry_failed=args.retry_failed, report_only=args.report_only,
+                       bounds=parse_type_bounds(args.bound), argv=argv)
     report = run_deploy(cfg)
     for line in summary_lines(report):
         print(line)
     print(f"wrote {report['files']['markdown']}, report.html, pareto.png, report.json")
     return 1 if report["failures"] else 0
+
+
+def parse_type_bounds(items: list[str]) -> dict[str, dict[str, float | None]]:
+    """['q4_0:min_top1=0.7', ...] -> {'q4_0': {'min_top1': 0.7}} (one-line errors)."""
+    from slmkit.errors import SlmkitError
+    from slmkit.export.cli import parse_bounds
+
+    out: dict[str, dict[str, float | None]] = {}
+    for item in items:
+        kind, sep, rest = item.partition(":")
+        if not sep or not kind.strip():
+            raise SlmkitError(f"--bound {item!r}: expected TYPE:KEY=VALUE, e.g. q4_0:min_top1=0.7")
+        out.setdefault(kind.strip().lower(), {}).update(parse_bounds([rest]))
+    return out

@@ -46,6 +46,8 @@ class DeployConfig:
     new_tokens: int = 128
     repeats: int = 3
     retry_failed: bool = False
+    report_only: bool = False
+    bounds: dict[str, dict[str, float | None]] = field(default_factory=dict)
     data: str = "auto"
     argv: list[str] | None = field(default=None, repr=False)
 
@@ -99,6 +101,7 @@ class Deploy:
             raise SlmkitError(f"--gate-text {cfg.gate_text}: file not found")
         self.model = resolve_model(cfg.model)
         self.specs, bad = parse_types(cfg.types)
+        self.type_failures = list(bad)
         for line in bad:
             self.fail(line)
         if not self.specs:
@@ -112,6 +115,8 @@ class Deploy:
         self.agent_names = [a.strip() for a in (cfg.agents or "").split(",") if a.strip()]
         self.out.mkdir(parents=True, exist_ok=True)
         self.state = State.open(self.out, self.model)
+        if cfg.report_only:  # read the state as it is (another process may be writing it)
+            return
         self.state.data["config"] = {k: v for k, v in asdict(cfg).items() if k != "argv"}
         self.state.data["reference"] = self.reference
         self.state.start_session(cfg.argv)
@@ -120,18 +125,22 @@ class Deploy:
     def exports(self) -> None:
         from slmkit.deploy.build import Builder, built
 
-        builder = Builder(self.model, self.out / "artifacts", self.cfg.gate_text, self.cfg.threads, self.say)
+        builder = Builder(self.model, self.out / "artifacts", self.cfg.gate_text, self.cfg.threads, self.say,
+                          self.cfg.bounds)
         try:
             for spec in self.specs:
                 prev = self.state.step("artifacts", spec.name)
                 path = spec.path(self.out / "artifacts", self.model)
                 if prev and prev.get("status") == "ok" and (spec.kind == "torch" or built(spec, path)):
                     continue
-                if prev and prev.get("status") == "failed" and not self.cfg.retry_failed:
+                override = self.cfg.bounds.get(spec.file_key)
+                if prev and prev.get("status") == "failed" and not self.cfg.retry_failed and \
+                        prev.get("bounds_override") == override:
                     self.fail(f"{spec.name}: {prev.get('error')} (from an earlier run; --retry-failed tries again)")
                     continue
                 result = builder.build(spec)
-                result.update(kind=spec.kind, backend=spec.backend, qtype=spec.qtype, variant=spec.variant)
+                result.update(kind=spec.kind, backend=spec.backend, qtype=spec.qtype, variant=spec.variant,
+                              bounds_override=override)
                 if result["status"] == "ok" and result.get("parity") is None and spec.kind == "torch":
                     result["gate_text"] = None
                 self.state.record("artifacts", spec.name, value=result)
@@ -364,9 +373,10 @@ class Deploy:
 
     # ---- all -------------------------------------------------------------------------------------------
     def run(self) -> dict:
-        from slmkit.deploy.report import build_report, write_report
-
         self.setup()
+        if self.cfg.report_only:  # the report of what the state file holds (e.g. of a run still going)
+            self.say("report only: nothing is exported, timed or evaluated")
+            return self.report()
         try:
             self.exports()
             self.latency()
@@ -383,10 +393,14 @@ class Deploy:
             self._release_lms()
             self.state.tick()
             self.state.save()
+        return self.report()
+
+    def report(self) -> dict:
+        from slmkit.deploy.report import build_report, write_report
+
         report = build_report(self.state, self.specs, self.entries, self.agent_names, self.reference, self.cfg,
-                              self.failures)
-        files = write_report(report, self.out)
-        report["files"] = files
+                              self.type_failures)
+        report["files"] = write_report(report, self.out)
         return report
 
 

@@ -108,6 +108,28 @@ def pick(menu: list[dict], reference: str, max_drop: float, ref_tasks: list[str]
     return {"name": best["name"], "reasons": reasons, "eligible": [r["name"] for r in eligible]}
 
 
+def state_failures(state, names: list[str], entries, agent_names: list[str]) -> list[str]:
+    """One line per failed step the state file records (exports, latency, tasks, agent runs)."""
+    lines = []
+    for n in names:
+        art = state.step("artifacts", n) or {}
+        if art.get("status") == "failed":
+            lines.append(f"{n}: {art.get('error')}")
+            continue
+        lat = state.step("latency", n) or {}
+        if lat and not lat.get("ok"):
+            lines.append(f"{n}: latency bench failed: {lat.get('error')}")
+        for e in entries:
+            rec = state.step("evals", n, e.name) or {}
+            if rec.get("status") == "error":
+                lines.append(f"{n} × {e.name}: {rec.get('error')}")
+        for b in agent_names:
+            rec = state.step("agents", n, b) or {}
+            if rec.get("status") == "error":
+                lines.append(f"{n} × agent {b}: {rec.get('error')}")
+    return lines
+
+
 def build_report(state, specs, entries, agent_names: list[str], reference: str, cfg, failures: list[str]) -> dict:
     names = [s.name for s in specs]
     iters, seed = cfg.bootstrap, cfg.seed
@@ -125,6 +147,7 @@ def build_report(state, specs, entries, agent_names: list[str], reference: str, 
             "name": spec.name, "kind": spec.kind, "backend": spec.backend, "status": art.get("status"),
             "error": art.get("error"), "path": art.get("path"), "bytes": art.get("bytes"),
             "parity": par or None, "gate_text": (par.get("gate_text") or {}).get("label"),
+            "bounds_override": art.get("bounds_override"),
             "latency": {k: lat.get(k) for k in ("decode_tok_s", "prefill_tok_s", "ttft_ms", "peak_rss_mb", "bound_tok_s",
                                                 "ratio_to_bound", "file_mb", "load_s")} if lat.get("ok") else None,
             "latency_error": None if lat.get("ok") or not lat else lat.get("error"),
@@ -147,7 +170,7 @@ def build_report(state, specs, entries, agent_names: list[str], reference: str, 
         "agents": {b: {k: v for k, v in r.items() if k != "replicates"} for b, r in agents.items()},
         "pareto": pareto_front(points),
         "pick": pick(menu, reference, cfg.max_drop, ref_tasks),
-        "failures": list(dict.fromkeys(failures)),
+        "failures": list(dict.fromkeys(list(failures) + state_failures(state, names, entries, agent_names))),
         "seconds": round(sum(s.get("seconds") or 0 for s in state.data.get("sessions", [])), 1),
         "sessions": len(state.data.get("sessions", [])),
         "command": " ".join(["slmkit", "deploy", *(state.data["sessions"][-1].get("argv") or [])])
@@ -252,6 +275,8 @@ def markdown(report: dict) -> str:
         gate = "n/a (source model)" if r["kind"] == "torch" else (
             f"ppl ×{par.get('ppl_ratio', 0):.4f}, top-1 {par.get('top1_agreement', 0):.3f} "
             f"({(par.get('gate_text') or {}).get('kind', '?')} text)" if par else "—")
+        if r.get("bounds_override"):
+            gate += " · bounds overridden: " + ", ".join(f"{k}={v}" for k, v in r["bounds_override"].items())
         avg = r.get("average") or {}
         tasks_note = "" if not avg or len(avg.get("tasks", [])) == len(report["tasks"]) else \
             f" ({len(avg.get('tasks', []))} of {len(report['tasks'])} tasks)"
