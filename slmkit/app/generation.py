@@ -1,13 +1,15 @@
 """The one place the app generates: the API server and the UI submit jobs here and read them back as streams.
 
-A `GenerationService` owns the runtime. Today it runs on the Runtime interface (`slmkit.serve`): one worker
-thread loads the model, then decodes one request at a time; a request's cancel flag is checked after every
-token, so a client that goes away stops its generation at once and the next waiting request starts. The
-queue is bounded: `submit` raises `QueueFull` beyond `max_queue` waiting requests (the API answers 503).
+A `GenerationService` owns the runtime and its generation engine (`slmkit.serve.engine`: continuous
+batching with a prefix cache). `submit(job)` hands a completion to the engine — `parallel` is the engine's
+`max_batch`, the number of sequences decoding together — and streams its text back through a `Handle`;
+cancelling the handle (a client that went away, a stop button) ends the sequence at the engine's next step,
+which frees its row for the next waiting request. Admission is bounded: beyond `parallel + max_queue`
+outstanding requests `submit` raises `QueueFull` (the API answers 503).
 
-The generation engine (`slmkit.serve.engine`, continuous batching) replaces `_run_job` and the worker loop
-and nothing else: `parallel` then means that many sequences decoding together. Callers only see `submit`,
-`submit_call`, `Handle` (iterate / `astream`, `cancel`, `result`) and `Result`.
+One worker thread loads the model (so /health can answer while it loads) and then runs `submit_call`
+functions one at a time — agent episodes, latency measurements, and the log-probabilities a job asked for
+(one full forward over prompt + output, after the engine produced the output).
 """
 
 from __future__ import annotations
@@ -65,9 +67,10 @@ class Result:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
     prompt_logprobs: list[TokenLogprob | None] | None = None
-    queued_s: float = 0.0  # submit -> start
-    ttft_s: float | None = None  # start -> first token
-    total_s: float = 0.0  # start -> end
+    queued_s: float = 0.0  # submit -> decoding started
+    ttft_s: float | None = None  # submit -> first token (None: no token)
+    total_s: float = 0.0  # submit -> end
+    cached_tokens: int = 0  # prompt tokens the engine's prefix cache served
     value: Any = None  # what a submit_call function returned
 
 
@@ -80,6 +83,7 @@ class Handle:
         self.result: Result | None = None
         self.error: BaseException | None = None
         self._cancel = threading.Event()
+        self._on_cancel: list[Callable[[], None]] = []  # e.g. the engine handle's cancel
         self._cond = threading.Condition()
         self._pieces: deque = deque()
         self._done = False
@@ -109,6 +113,8 @@ class Handle:
     # ---- consumer side ---------------------------------------------------------------------------
     def cancel(self) -> None:
         self._cancel.set()
+        for fn in list(self._on_cancel):
+            fn()
 
     @property
     def cancelled(self) -> bool:
@@ -208,6 +214,9 @@ class ObservedRuntime(Runtime):
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         return self.inner.logits(token_ids)
 
+    def engine(self, **options):
+        return self.inner.engine(**options)  # the runtime's one engine, not a second one for this view
+
     def generate_ids(self, prompt_ids: Sequence[int], params: SamplingParams) -> Iterator[int]:
         self.ids, self.exhausted = [], False
         for tid in self.inner.generate_ids(prompt_ids, params):
@@ -248,79 +257,136 @@ def _kept_ids(runtime: Runtime, ids: list[int], text: str) -> list[int]:
 
 
 class GenerationService:
-    """Owns a runtime (built by `load` on the worker thread, so /health can answer while it loads) and runs
-    submitted jobs on it through a bounded queue."""
+    """Owns a runtime (built by `load` on the worker thread, so /health can answer while it loads) and its
+    engine; jobs go to the engine, calls to the worker, both behind one bounded admission count."""
 
-    def __init__(self, load: Callable[[], Runtime] | Runtime, parallel: int = 1, max_queue: int = 16) -> None:
+    def __init__(self, load: Callable[[], Runtime] | Runtime, parallel: int = 1, max_queue: int = 16,
+                 prefix_cache_mb: float | None = None) -> None:
         if parallel < 1:
             raise SlmkitError(f"parallel={parallel}: must be at least 1")
         if max_queue < 0:
             raise SlmkitError(f"max_queue={max_queue}: must be 0 or more")
         self.parallel, self.max_queue = int(parallel), int(max_queue)
+        self.engine_options = {"max_batch": self.parallel}
+        if prefix_cache_mb is not None:
+            self.engine_options["prefix_cache_mb"] = prefix_cache_mb
         self.runtime: Runtime | None = load if isinstance(load, Runtime) else None
         self._load = None if self.runtime is not None else load
+        self.engine = None
         self.ready = threading.Event()
         self.load_error: BaseException | None = None
         self.load_seconds = 0.0
-        self._jobs: queue.Queue = queue.Queue()
+        self._calls: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
-        self._waiting = 0
-        self._active: list[Handle] = []
+        self._outstanding: list[Handle] = []
         self._closing = False
-        self._slots = 1  # sequences decoding at once: one worker on the Runtime interface
         self.stats = {"submitted": 0, "finished": 0, "cancelled": 0, "rejected": 0, "errors": 0,
                       "prompt_tokens": 0, "completion_tokens": 0}
-        if self.parallel > 1:
-            print(f"warning: parallel={self.parallel}: the generation engine (slmkit.serve.engine) is not available, "
-                  "so requests decode one at a time", file=sys.stderr)
         self._thread = threading.Thread(target=self._worker, name="slmkit-generation", daemon=True)
         self._thread.start()
 
     # ---- submitting -------------------------------------------------------------------------------
     def submit(self, job: Job) -> Handle:
-        return self._enqueue(("job", job))
+        """Start a completion on the engine (waits for the model if it is still loading)."""
+        self.ready.wait()
+        if self.load_error is not None:
+            raise SlmkitError(f"the model failed to load: {self.load_error}")
+        handle = self._admit()
+        from slmkit.serve.engine import Request
+
+        try:
+            engine_handle = self.engine.submit(Request(list(job.prompt_ids), job.params))
+        except BaseException:
+            self._done(handle, None)
+            raise
+        handle._on_cancel.append(engine_handle.cancel)
+        if handle.cancelled:
+            engine_handle.cancel()
+        threading.Thread(target=self._follow, args=(job, handle, engine_handle), name="slmkit-stream",
+                         daemon=True).start()
+        return handle
 
     def submit_call(self, fn: Callable[[Runtime, Handle], Any]) -> Handle:
         """Run `fn(runtime, handle)` on the worker (e.g. an agent episode): it may `handle.emit(...)` pieces and
         should check `handle.cancelled`; its return value is `result.value`."""
-        return self._enqueue(("call", fn))
+        handle = self._admit()
+        self._calls.put((fn, handle))
+        return handle
 
-    def _enqueue(self, item) -> Handle:
+    def _admit(self) -> Handle:
         handle = Handle()
         with self._lock:
             if self._closing:
                 raise QueueFull("the service is shutting down")
-            if self._waiting + len(self._active) >= self._slots + self.max_queue:
+            if len(self._outstanding) >= self.parallel + self.max_queue:
                 self.stats["rejected"] += 1
-                raise QueueFull(f"{self._waiting} requests are waiting (the queue holds {self.max_queue})")
-            self._waiting += 1
+                raise QueueFull(f"{len(self._outstanding)} requests are in flight or waiting "
+                                f"(parallel {self.parallel} + queue {self.max_queue})")
+            self._outstanding.append(handle)
             self.stats["submitted"] += 1
-        self._jobs.put((item, handle))
         return handle
+
+    def _done(self, handle: Handle, result: Result | None, error: BaseException | None = None) -> None:
+        with self._lock:
+            if handle in self._outstanding:
+                self._outstanding.remove(handle)
+            if result is not None:
+                self.stats["finished"] += 1
+                self.stats["cancelled"] += result.finish_reason == "cancelled"
+                self.stats["prompt_tokens"] += result.prompt_tokens
+                self.stats["completion_tokens"] += result.completion_tokens
+            if error is not None:
+                self.stats["errors"] += 1
+        handle._finish(result, error)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return dict(self.stats, waiting=self._waiting, active=len(self._active), parallel=self.parallel,
-                        max_queue=self.max_queue, ready=self.ready.is_set())
+            out = dict(self.stats, outstanding=len(self._outstanding), parallel=self.parallel,
+                       max_queue=self.max_queue, ready=self.ready.is_set())
+        if self.engine is not None:
+            engine = self.engine.stats()
+            out.update(active=engine["active"], waiting=engine["waiting"],
+                       engine={k: v for k, v in engine.items() if isinstance(v, (int, float, str))})
+        else:
+            out.update(active=0, waiting=0)
+        return out
+
+    # ---- following a job on the engine -------------------------------------------------------------
+    def _follow(self, job: Job, handle: Handle, engine_handle) -> None:
+        try:
+            for piece in engine_handle:
+                handle.emit(piece)
+            res = engine_handle.result()
+        except BaseException as exc:  # noqa: BLE001 - the request fails, the service goes on
+            self._done(handle, None, exc)
+            return
+        reason = {"eos": "stop"}.get(res.finish_reason, res.finish_reason)
+        result = Result(res.text, reason, res.prompt_tokens, len(res.token_ids), token_ids=list(res.token_ids),
+                        queued_s=res.queued_s, ttft_s=res.first_token_s if res.token_ids else None,
+                        total_s=res.total_s, cached_tokens=res.cached_tokens)
+        if reason != "cancelled" and (job.logprobs is not None or job.prompt_logprobs is not None):
+            self._calls.put((lambda rt, h: self._add_logprobs(job, result), _Followup(handle, result, self)))
+            return
+        self._done(handle, result)
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def close(self, timeout: float = 30.0) -> bool:
-        """Cancel everything, stop the worker and free the runtime; False when the worker is still inside a
-        native call after `timeout` (the runtime is then left alone: freeing it under that call would crash)."""
+        """Cancel everything, stop the worker and the engine, free the runtime; False when the worker is still
+        inside a native call after `timeout` (the runtime is then left alone: freeing it under that call would
+        crash)."""
         with self._lock:
             self._closing = True
-            active = list(self._active)
-        for h in active:
+            outstanding = list(self._outstanding)
+        for h in outstanding:
             h.cancel()
-        self._jobs.put(None)
+        self._calls.put(None)
         self._thread.join(timeout)
         if self._thread.is_alive():
-            # still inside one token's native call: freeing the model under it would crash the process
             print(f"warning: generation did not stop within {timeout:g}s; leaving the model to process exit",
                   file=sys.stderr)
             return False
         if self.runtime is not None:
-            self.runtime.close()
+            self.runtime.close()  # closes its engines first
         return True
 
     def _worker(self) -> None:
@@ -331,74 +397,36 @@ class GenerationService:
             except BaseException as exc:  # noqa: BLE001 - reported through /health and every request
                 self.load_error = exc
             self.load_seconds = time.perf_counter() - t0
+        if self.runtime is not None and self.load_error is None:
+            try:
+                self.engine = self.runtime.engine(**self.engine_options)
+            except BaseException as exc:  # noqa: BLE001
+                self.load_error = exc
         self.ready.set()
         while True:
-            entry = self._jobs.get()
+            entry = self._calls.get()
             if entry is None:
                 break
-            (kind, payload), handle = entry
-            with self._lock:
-                self._waiting -= 1
-                self._active.append(handle)
-                closing = self._closing
+            fn, handle = entry
+            if isinstance(handle, _Followup):
+                handle.run(fn, self.runtime)
+                continue
+            start = time.perf_counter()
             try:
-                if closing or handle.cancelled or self.load_error is not None:
-                    if self.load_error is not None:
-                        raise SlmkitError(f"the model failed to load: {self.load_error}")
-                    handle._finish(Result("", "cancelled", len(payload.prompt_ids) if kind == "job" else 0, 0,
-                                          queued_s=time.perf_counter() - handle.submitted))
+                if self.load_error is not None:
+                    raise SlmkitError(f"the model failed to load: {self.load_error}")
+                if handle.cancelled or self._closing:
+                    value, reason = None, "cancelled"
                 else:
-                    handle._finish(self._run_job(payload, handle) if kind == "job" else self._run_call(payload, handle))
-            except BaseException as exc:  # noqa: BLE001 - a failing request never stops the worker
-                with self._lock:
-                    self.stats["errors"] += 1
-                handle._finish(error=exc)
-            finally:
-                with self._lock:
-                    self._active.remove(handle)
-                    res = handle.result
-                    if res is not None:
-                        self.stats["finished"] += 1
-                        self.stats["cancelled"] += res.finish_reason == "cancelled"
-                        self.stats["prompt_tokens"] += res.prompt_tokens
-                        self.stats["completion_tokens"] += res.completion_tokens
-
-    def _run_call(self, fn, handle: Handle) -> Result:
-        start = time.perf_counter()
-        try:
-            value = fn(self.runtime, handle)
-            reason = "cancelled" if handle.cancelled else "stop"
-        except Cancelled:
-            value, reason = None, "cancelled"
-        return Result("", reason, 0, 0, queued_s=start - handle.submitted, total_s=time.perf_counter() - start,
-                      value=value)
-
-    def _run_job(self, job: Job, handle: Handle) -> Result:
-        runtime = self.runtime
-        start = time.perf_counter()
-        tracked = ObservedRuntime(runtime, handle)
-        pieces = []
-        if job.params.max_new_tokens > 0:
-            for piece in tracked.generate(list(job.prompt_ids), job.params):
-                pieces.append(piece)
-                handle.emit(piece)
-                if handle.cancelled:
-                    break
-        text = "".join(pieces)
-        ids = tracked.ids
-        if handle.cancelled:
-            reason = "cancelled"
-        elif job.params.max_new_tokens > 0 and (not tracked.exhausted or (ids and ids[-1] in runtime.eos_ids)):
-            reason = "stop"  # a stop string (the backend was still going) or EOS
-        else:
-            reason = "length"
-        result = Result(text, reason, len(job.prompt_ids), len(ids), token_ids=list(ids),
-                        queued_s=start - handle.submitted,
-                        ttft_s=None if tracked.first_token_at is None else tracked.first_token_at - start)
-        if reason != "cancelled" and (job.logprobs is not None or job.prompt_logprobs is not None):
-            self._add_logprobs(job, result)
-        result.total_s = time.perf_counter() - start
-        return result
+                    try:
+                        value = fn(self.runtime, handle)
+                        reason = "cancelled" if handle.cancelled else "stop"
+                    except Cancelled:
+                        value, reason = None, "cancelled"
+                self._done(handle, Result("", reason, 0, 0, queued_s=start - handle.submitted,
+                                          total_s=time.perf_counter() - handle.submitted, value=value))
+            except BaseException as exc:  # noqa: BLE001 - a failing call never stops the worker
+                self._done(handle, None, exc)
 
     def _add_logprobs(self, job: Job, result: Result) -> None:
         """Log-probabilities from one full forward over prompt + kept output (the model's own distribution,
@@ -406,14 +434,29 @@ class GenerationService:
         runtime = self.runtime
         prompt = list(job.prompt_ids)
         kept = _kept_ids(runtime, result.token_ids, result.text) if job.logprobs is not None else []
-        seq = prompt + kept
         if not kept and (job.prompt_logprobs is None or len(prompt) < 2):
             result.logprobs = [] if job.logprobs is not None else None
             result.prompt_logprobs = [None] * len(prompt) if job.prompt_logprobs is not None else None
             return
+        seq = prompt + kept
         logp = log_softmax(np.asarray(runtime.logits(seq), dtype=np.float32))
         if job.logprobs is not None:
             result.logprobs = _token_logprobs(runtime, logp[len(prompt) - 1: len(seq) - 1], kept, job.logprobs)
         if job.prompt_logprobs is not None:
             result.prompt_logprobs = [None] + _token_logprobs(runtime, logp[: len(prompt) - 1], prompt[1:],
                                                               job.prompt_logprobs)
+
+
+class _Followup:
+    """A finished engine job whose log-probabilities the worker still has to add."""
+
+    def __init__(self, handle: Handle, result: Result, service: GenerationService) -> None:
+        self.handle, self.result, self.service = handle, result, service
+
+    def run(self, fn, runtime) -> None:
+        try:
+            fn(runtime, self.handle)
+        except BaseException as exc:  # noqa: BLE001
+            self.service._done(self.handle, None, exc)
+            return
+        self.service._done(self.handle, self.result)
