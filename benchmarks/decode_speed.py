@@ -2,14 +2,20 @@
 
 Random weights at the SmolLM2-135M shape (d_model 576, 30 layers, 9 heads, 3 KV heads, ffn 1536,
 vocab 49152, tied). Greedy, batch 1, fp32, no EOS, so both decode exactly --new-tokens tokens.
-Prints tokens/s of both and the ratio (optionally torch.compile and ONNX Runtime fp32/int8 too).
+Prints tokens/s of both and the ratio (optionally torch.compile and ONNX Runtime fp32/int8 too), by wall
+clock and by the process's CPU time (on a machine shared with other jobs the CPU time per token is the
+steadier measure of the work; the wall clock is what a user waits).
 
     python benchmarks/decode_speed.py [--new-tokens 64] [--prompt-tokens 32] [--repeats 3] [--json out.json]
+
+Before/after a change, run this same script against the other tree (`PYTHONPATH=/path/to/old/tree`): the
+runtime API it uses (`TorchRuntime.from_model(...).generate_ids`) is the same in both.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -23,14 +29,19 @@ SHAPES = {
 }
 
 
-def best_of(fns: dict, repeats: int) -> dict:
-    """Minimum wall time per function, runs interleaved so load from other processes hits all alike."""
+def best_of(fns: dict, repeats: int, cpu: dict | None = None) -> dict:
+    """Minimum wall time per function, runs interleaved so load from other processes hits all alike
+    (the minimum CPU time of each goes into `cpu` when given)."""
     times: dict = {name: [] for name in fns}
+    cpus: dict = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             times[name].append(time.perf_counter() - t0)
+            cpus[name].append(time.process_time() - c0)
+    if cpu is not None:
+        cpu.update({name: min(t) for name, t in cpus.items()})
     return {name: min(t) for name, t in times.items()}
 
 
@@ -43,6 +54,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--compile", action="store_true", help="also time TorchRuntime(compile=True)")
     ap.add_argument("--onnx", action="store_true", help="also export to ONNX (fp32 and int8) and time OnnxRuntime decode")
+    ap.add_argument("--skip-hf", action="store_true", help="time only slmkit's decode (no HF generate reference)")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
     if args.threads:
@@ -85,11 +97,27 @@ def main(argv=None) -> int:
         run()  # warm-up (and compile, when on)
         return run
 
-    run_hf()
-    fns = {"hf": run_hf, "native": timed_runtime(TorchRuntime.from_model(model))}
+    fns = {"native": timed_runtime(TorchRuntime.from_model(model))}
+    if not args.skip_hf:
+        run_hf()
+        fns["hf"] = run_hf
     if args.compile:
         fns["compiled"] = timed_runtime(TorchRuntime.from_model(model, compile=True))
-    best = best_of(fns, args.repeats)
+    cpu: dict = {}
+    best = best_of(fns, args.repeats, cpu)
+    results.update(native_cpu_ms_per_token=1000 * cpu["native"] / n, load=os.getloadavg()[0])
+    if args.skip_hf:
+        t = best["native"]
+        results.update(native_tok_s=n / t, native_ms_per_token=1000 * t / n)
+        print(f"{args.shape}: prompt {len(prompt)}, {n} new tokens, {results['threads']} threads (best of {args.repeats}), "
+              f"load {results['load']:.1f}")
+        print(f"  slmkit native    {n / t:7.1f} tok/s  ({1000 * t / n:6.1f} ms/token wall, "
+              f"{results['native_cpu_ms_per_token']:6.1f} ms/token CPU)")
+        if args.json:
+            from slmkit.paths import atomic_write_json
+
+            atomic_write_json(args.json, results)
+        return 0
     t_hf, t_native, run_native = best["hf"], best["native"], fns["native"]
     results.update(hf_tok_s=n / t_hf, native_tok_s=n / t_native, ratio=t_hf / t_native,
                    hf_ms_per_token=1000 * t_hf / n, native_ms_per_token=1000 * t_native / n,

@@ -90,7 +90,7 @@ def test_fused_weights_are_views_and_never_reach_training():
         ref = model(ids)
     fused = model.fuse(share=True)
     q = model.layers[1].self_attn.q_proj.weight
-    assert q.untyped_storage().data_ptr() == fused.layers[1][0].untyped_storage().data_ptr()
+    assert q.untyped_storage().data_ptr() == fused.layers[1][1].untyped_storage().data_ptr()
     assert "wqkv" not in str(list(model.state_dict()))
     with torch.no_grad():
         cache = KVCache(model.cfg, 2, 9)

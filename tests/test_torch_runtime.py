@@ -144,7 +144,7 @@ def test_load_checkpoint_path_with_tokenizer(tmp_path, tiny_tokenizer_dir):
     assert isinstance(rt, TorchRuntime) and rt.tokenizer is not None
     # a runtime that owns its model shares the fused q|k|v buffer instead of copying it
     q = rt.model.layers[0].self_attn.q_proj.weight
-    assert q.untyped_storage().data_ptr() == rt.fused.layers[0][0].untyped_storage().data_ptr()
+    assert q.untyped_storage().data_ptr() == rt.fused.layers[0][1].untyped_storage().data_ptr()
     assert list(rt.generate_ids([1, 2, 3], SamplingParams(max_new_tokens=12))) == list(rt.model.generate([1, 2, 3], 12))
     text = rt.complete("1 + 1 =", SamplingParams(max_new_tokens=8))
     assert isinstance(text, str)

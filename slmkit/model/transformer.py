@@ -66,7 +66,7 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x [B, T, heads, hd] with cos/sin (from rope_cos_sin) broadcastable to it."""
-    return x * cos + torch.roll(x, x.shape[-1] // 2, -1) * sin
+    return torch.addcmul(x * cos, torch.roll(x, x.shape[-1] // 2, -1), sin)
 
 
 # ---- attention kernels and caches ----------------------------------------------------------------------
@@ -385,19 +385,13 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.hd, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.hd, cfg.d_model, bias=False)
 
-    def forward(self, x, cos, sin, cache, wqkv: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x, cos, sin, cache) -> torch.Tensor:
         """Attention output before o_proj, [B, T, H*hd]."""
         B, T, _ = x.shape
         H, KV, hd = self.n_heads, self.n_kv, self.hd
-        if wqkv is not None:  # fused: one matmul, RoPE on q and k at once
-            qkv = F.linear(x, wqkv)
-            nqk = (H + KV) * hd
-            qk = apply_rope(qkv[..., :nqk].view(B, T, H + KV, hd), cos, sin)
-            q, k, v = qk[:, :, :H], qk[:, :, H:], qkv[..., nqk:].view(B, T, KV, hd)
-        else:
-            q = apply_rope(self.q_proj(x).view(B, T, H, hd), cos, sin)
-            k = apply_rope(self.k_proj(x).view(B, T, KV, hd), cos, sin)
-            v = self.v_proj(x).view(B, T, KV, hd)
+        q = apply_rope(self.q_proj(x).view(B, T, H, hd), cos, sin)
+        k = apply_rope(self.k_proj(x).view(B, T, KV, hd), cos, sin)
+        v = self.v_proj(x).view(B, T, KV, hd)
         return cache.attend(self.layer, q, k, v)
 
 
@@ -421,21 +415,28 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.r_attn = cfg.residual_scale("attn")
         self.r_ffn = cfg.residual_scale("ffn")
+        self.layer, self.eps, self.d = layer, cfg.norm_eps, cfg.d_model
+        self.heads = (cfg.n_heads, cfg.n_kv_heads, cfg.hd)
 
-    def forward(self, h, cos, sin, cache, fused=None):
-        if fused is None:
-            a = self.self_attn.o_proj(self.self_attn(self.input_layernorm(h), cos, sin, cache))
-            h = h + (a if self.r_attn == 1.0 else a * self.r_attn)
-            f = self.mlp(self.post_attention_layernorm(h))
-            return h + (f if self.r_ffn == 1.0 else f * self.r_ffn)
-        # fused inference: the same sums, gains inside rms_norm, o/down projection + residual scale in addmm
-        wqkv, wgu, wo_t, wd_t = fused
-        d, eps = h.shape[-1], self.input_layernorm.eps
-        y = self.self_attn(F.rms_norm(h, (d,), self.input_layernorm.weight, eps), cos, sin, cache, wqkv)
-        x = torch.addmm(h.reshape(-1, d), y.reshape(-1, y.shape[-1]), wo_t, alpha=self.r_attn)
-        gate, up = F.linear(F.rms_norm(x, (d,), self.post_attention_layernorm.weight, eps), wgu).chunk(2, -1)
-        x = torch.addmm(x, F.silu(gate).mul_(up), wd_t, alpha=self.r_ffn)
-        return x.view(h.shape)
+    def forward(self, h, cos, sin, cache):
+        a = self.self_attn.o_proj(self.self_attn(self.input_layernorm(h), cos, sin, cache))
+        h = h + (a if self.r_attn == 1.0 else a * self.r_attn)
+        f = self.mlp(self.post_attention_layernorm(h))
+        return h + (f if self.r_ffn == 1.0 else f * self.r_ffn)
+
+    def fused_forward(self, h, cos, sin, cache, w):
+        """The same sums with fused weights `w` (see Transformer.fuse): norm gains inside rms_norm, one q|k|v
+        matmul with RoPE on q and k at once, o/down projection + residual scale in one addmm each."""
+        g1, wqkv, wo_t, g2, wgu, wd_t = w
+        (H, KV, hd), d, eps = self.heads, self.d, self.eps
+        B, T, _ = h.shape
+        qkv = F.linear(F.rms_norm(h, (d,), g1, eps), wqkv)
+        nqk = (H + KV) * hd
+        qk = apply_rope(qkv[..., :nqk].view(B, T, H + KV, hd), cos, sin)
+        y = cache.attend(self.layer, qk[:, :, :H], qk[:, :, H:], qkv[..., nqk:].view(B, T, KV, hd))
+        x = torch.addmm(h.view(-1, d), y.view(-1, H * hd), wo_t, alpha=self.r_attn)
+        gate, up = F.linear(F.rms_norm(x, (d,), g2, eps), wgu).chunk(2, -1)
+        return torch.addmm(x, F.silu(gate).mul_(up), wd_t, alpha=self.r_ffn).view(B, T, d)
 
 
 class Transformer(nn.Module):
@@ -480,7 +481,8 @@ class Transformer(nn.Module):
                 if share:
                     _rebind([att.q_proj, att.k_proj, att.v_proj], wqkv)
                     _rebind([mlp.gate_proj, mlp.up_proj], wgu)
-                layers.append((wqkv, wgu, att.o_proj.weight.detach().t(), mlp.down_proj.weight.detach().t()))
+                layers.append((block.input_layernorm.weight.detach(), wqkv, att.o_proj.weight.detach().t(),
+                               block.post_attention_layernorm.weight.detach(), wgu, mlp.down_proj.weight.detach().t()))
         return FusedWeights(layers, shared=share)
 
     def _rope_table(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -536,8 +538,12 @@ class Transformer(nn.Module):
         h = self.embed_tokens(input_ids) if fused is None else F.embedding(input_ids, self.embed_tokens.weight)
         if self.cfg.scale_emb != 1.0:
             h = h * self.cfg.scale_emb
-        for i, layer in enumerate(self.layers):
-            h = layer(h, cos, sin, att, None if fused is None else fused.layers[i])
+        if fused is None:
+            for layer in self.layers:
+                h = layer(h, cos, sin, att)
+        else:  # plain method calls: inference has no module hooks to run
+            for layer, w in zip(self.layers, fused.layers):
+                h = layer.fused_forward(h, cos, sin, att, w)
         att.commit(T)
         h = self.norm(h) if fused is None else F.rms_norm(h, (h.shape[-1],), self.norm.weight, self.norm.eps)
         if hidden_only:
@@ -579,7 +585,8 @@ class Transformer(nn.Module):
 
 @dataclass
 class FusedWeights:
-    """Per layer (w_qkv, w_gate_up, w_o^T, w_down^T), from `Transformer.fuse`."""
+    """Per layer (input norm gain, w_qkv, w_o^T, post-attention norm gain, w_gate_up, w_down^T), from
+    `Transformer.fuse`."""
 
     layers: list
     shared: bool

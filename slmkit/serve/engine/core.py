@@ -261,6 +261,7 @@ class Engine:
         with self._cv:
             self._incoming.extend(seqs)
             self._stats["scored_contexts"] += len(seqs)
+            self._stats["prompt_tokens"] += sum(len(q.prompt) for q in seqs)
             self._ensure_thread()
             self._cv.notify()
         while not done.wait(0.1):
