@@ -33,6 +33,12 @@ def cmd_train(args) -> int:
     cfg, source = load_config(args.config, args.set or [])
     out = Path(args.out) if args.out else Path("runs") / cfg.get("name", Path(args.config).stem)
     resume = args.resume if args.resume not in (None, "latest") else (args.resume == "latest")
+    if resume is True and out.is_dir() and any(out.iterdir()) and not (
+            (out / "config.json").exists() or (out / "checkpoints").is_dir()):
+        raise SlmkitError(f"{out}: not a training run (no config.json or checkpoints/); --resume continues a run "
+                          f"that was started with this --out")
+    if isinstance(resume, str) and not Path(resume).is_dir():
+        raise SlmkitError(f"--resume {resume}: checkpoint folder not found")
     summary = run(cfg, out, resume=resume)
     import os
 

@@ -72,14 +72,22 @@ def iter_documents(name: str, spec: dict, base: Path | None = None) -> Iterator[
     for path in files:
         opener = gzip.open if path.suffix == ".gz" else open
         if kind == "text":
-            with opener(path, "rt", encoding="utf-8") as f:
-                yield f.read()
+            with opener(path, "rb") as f:
+                raw = f.read()
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise SlmkitError(f"{path}:{raw[:exc.start].count(b'\n') + 1}: not UTF-8 text") from None
             count += 1
             if limit and count >= limit:
                 return
             continue
-        with opener(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        with opener(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise SlmkitError(f"{path}:{lineno}: not UTF-8 text") from None
                 if not line.strip():
                     continue
                 try:
