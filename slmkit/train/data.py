@@ -77,7 +77,8 @@ def iter_documents(name: str, spec: dict, base: Path | None = None) -> Iterator[
             try:
                 yield raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise SlmkitError(f"{path}:{raw[:exc.start].count(b'\n') + 1}: not UTF-8 text") from None
+                line_no = raw[:exc.start].count(b"\n") + 1
+                raise SlmkitError(f"{path}:{line_no}: not UTF-8 text") from None
             count += 1
             if limit and count >= limit:
                 return
