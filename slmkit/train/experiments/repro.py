@@ -215,7 +215,8 @@ def mup_transfer(out: Path, quick: bool = False) -> dict:
 # ---------------------------------------------------------------- long context
 
 CORPUS = "$SLMKIT_DATA/pretrain_corpus"
-HELDOUT_LONG = "en_wikitext2_valid_test.jsonl.gz"  # never trained on here
+# held out: kernel documents from index 2000 on (training reads the first few hundred of that file)
+HELDOUT_LONG, HELDOUT_FROM = "en_linux_kernel_docs.jsonl.gz", 2000
 
 
 def _corpus_tokenizer(root: Path, vocab: int) -> Path:
@@ -225,7 +226,7 @@ def _corpus_tokenizer(root: Path, vocab: int) -> Path:
     out = root / f"_tokenizer_corpus{vocab}"
     if not (out / "tokenizer.json").exists():
         files = _expand(f"{CORPUS}/en_*.jsonl.gz", None) + _expand(f"{CORPUS}/code_*.jsonl.gz", None)
-        train_bpe_from_files([f for f in files if f.name != HELDOUT_LONG], vocab, out, max_chars=4_000_000)
+        train_bpe_from_files(files, vocab, out, max_chars=4_000_000)  # the first 4M characters: no held-out text
     return out
 
 
@@ -269,9 +270,11 @@ def loss_by_position(checkpoint: str | Path, tokenizer_dir: str | Path, seq_len:
     tok = load_tokenizer(tokenizer_dir)
     windows = []
     with gzip.open(data_dir() / "pretrain_corpus" / HELDOUT_LONG, "rt", encoding="utf-8") as f:
-        for line in f:
+        for i, line in enumerate(f):
+            if i < HELDOUT_FROM:
+                continue
             ids = tok.encode(json.loads(line)["text"], add_special_tokens=False)
-            for start in range(0, len(ids) - seq_len - 1, 4 * seq_len):
+            for start in range(seq_len, len(ids) - seq_len - 1, 2 * seq_len):  # not at a document start
                 windows.append(ids[start:start + seq_len + 1])
             if len(windows) >= n_windows:
                 break
@@ -313,7 +316,7 @@ def long_context(out: Path, quick: bool = False) -> dict:
     staged = _run_long(base, out / "with-stage")
     ckpt = staged["milestones"]["decay-end"]
     control_cfg = copy.deepcopy(base)
-    control_cfg["long_context"].update(seq_len=base["train"]["seq_len"], rope_theta=None, align="doc")
+    control_cfg["long_context"].update(seq_len=base["train"]["seq_len"], rope_theta=None)  # same data and LR
     control = _run_long(control_cfg, out / "more-steps-at-short", resume=ckpt)
     tok = base["tokenizer"]["path"]
     curves = {"trained at short length (no stage)": loss_by_position(ckpt, tok, long_len),
@@ -332,12 +335,19 @@ def long_context(out: Path, quick: bool = False) -> dict:
              "after": base["long_context"]["rope_theta"]},
              "hf_parity_max_abs_logit_diff_beyond_short": _hf_parity_at(staged["checkpoint"], long_len),
              "branch_checkpoint": ckpt, "tokens_per_step": base["train"]["batch_size"] * short}
-    return _write(out, rows, extra, "Long-context stage: perplexity by position (held-out wikitext)")
+    return _write(out, rows, extra, "Long-context stage: perplexity by position (held-out kernel documents)")
 
 
 def _run_long(cfg: dict, out: Path, **kw) -> dict:
+    """Train, or reuse a finished run in `out` (its summary names the checkpoints)."""
+    from slmkit.paths import read_json
     from slmkit.train.api import train
 
+    done = out / "summary.json"
+    if done.exists():
+        summary = read_json(done)
+        if summary.get("completed") and summary.get("checkpoint") and Path(summary["checkpoint"]).is_dir():
+            return summary
     return train(cfg, out, **kw)
 
 
@@ -357,7 +367,7 @@ def _plot_positions(curves: dict[str, np.ndarray], short: int, path: Path, bin_s
     ax.set_yscale("log")
     ax.set_xlabel("position in the window")
     ax.set_ylabel(f"perplexity (mean over {bin_size}-token bins)")
-    ax.set_title("held-out documents, by position")
+    ax.set_title("held-out documents (never trained on), by position")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save_fig(fig, path)
