@@ -105,7 +105,7 @@ def test_compiled_trainer_matches_eager_through_every_phase(env, tmp_path):
     root, tok, full = env
     res = train(_cfg(tok, root / "data", train__compile=True), tmp_path / "c")
     assert res["compiled"] is True, res["compile"]
-    assert res["losses"] == pytest.approx(full["losses"], rel=2e-4, abs=2e-4)
+    assert res["losses"] == pytest.approx(full["losses"], rel=1e-3, abs=1e-3)
 
 
 def test_compile_auto_decision():
