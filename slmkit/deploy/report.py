@@ -149,7 +149,7 @@ def build_report(state, specs, entries, agent_names: list[str], reference: str, 
             "parity": par or None, "gate_text": (par.get("gate_text") or {}).get("label"),
             "bounds_override": art.get("bounds_override"),
             "latency": {k: lat.get(k) for k in ("decode_tok_s", "prefill_tok_s", "ttft_ms", "peak_rss_mb", "bound_tok_s",
-                                                "ratio_to_bound", "file_mb", "load_s")} if lat.get("ok") else None,
+                                                "ratio_to_bound", "file_mb", "load_s", "loadavg_1m")} if lat.get("ok") else None,
             "latency_error": None if lat.get("ok") or not lat else lat.get("error"),
             "average": avg.get(spec.name),
         })
@@ -258,7 +258,7 @@ def markdown(report: dict) -> str:
         lines += [f"`{report['command']}`", ""]
     lines += ["## The pick", "", pick_sentence(report), ""]
     reasons = report["pick"].get("reasons") or {}
-    if reasons:
+    if reasons and report["pick"].get("name"):
         lines += ["Not picked: " + "; ".join(f"{k} ({v})" for k, v in reasons.items()) + ".", ""]
     lines += ["![accuracy vs decode speed](pareto.png)", "",
               "## The menu", "",
@@ -290,6 +290,15 @@ def markdown(report: dict) -> str:
             f"| {'★ pick' if report['pick'].get('name') == r['name'] else ('front' if r['name'] in report['pareto'] else '')} |")
         if r.get("latency_error"):
             lines.append(f"| ↳ {r['name']} latency | | | FAILED: {str(r['latency_error'])[:120]} | | | | | | | | |")
+    loads = [r["latency"]["loadavg_1m"] for r in report["menu"] if r.get("latency") and r["latency"].get("loadavg_1m")]
+    cores = (report.get("machine") or {}).get("cores")
+    if loads:
+        text = (f"Latency measured in a fresh process per artifact at a 1-minute load average of "
+                f"{min(loads):.1f}–{max(loads):.1f} on {cores or '?'} cores")
+        if cores and max(loads) > cores:
+            text += (": the machine was shared and oversubscribed, so absolute speeds are far below a quiet "
+                     "machine's; artifacts measured at similar load are comparable with each other only roughly")
+        lines += ["", text + "."]
     gates = {r.get("gate_text") for r in report["menu"] if r.get("gate_text")}
     if gates:
         lines += ["", "Parity gates ran on " + "; ".join(sorted(gates)) + "."]
