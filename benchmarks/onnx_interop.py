@@ -239,9 +239,9 @@ def parity_pair(folder: Path, runtime: str, batches, ref, prompt: list[int], new
         logits_file.unlink()
         return {**_metrics(ref, got, batches), "greedy_ids": res["greedy_ids"], "versions": res.get("versions")}
     if runtime == "ort-genai":
-        from slmkit.bench.worker import GenaiRunner
+        from slmkit.serve.ortgenai_backend import OrtGenaiRuntime
 
-        runner = GenaiRunner(folder, threads=threads)
+        runner = OrtGenaiRuntime(folder, threads=threads)
         try:
             got = [runner.logits(b) for b in batches]
             ids = list(runner.stream(prompt, new_tokens, ignore_eos=False))
@@ -287,6 +287,7 @@ def time_pair(folder: Path, runtime: str, prompt_tokens: int, new_tokens: int, r
     med = res["median"]
     return {"prefill_tok_s": round(med["prefill_tok_s"], 1), "decode_tok_s": round(med["decode_tok_s"], 2),
             "ttft_ms": round(med["ttft_s"] * 1000, 1), "peak_rss_mb": res["peak_rss_mb"], "load_s": res.get("load_s"),
+            "decode_cpu_ms_per_tok": round(med["decode_cpu_ms_per_tok"], 1) if med.get("decode_cpu_ms_per_tok") else None,
             "runs": [round(r["decode_tok_s"], 2) for r in res["runs"]], "load_before": load, "load_after": load_now()}
 
 
@@ -296,7 +297,7 @@ def time_pair(folder: Path, runtime: str, prompt_tokens: int, new_tokens: int, r
 
 def race(model: str, out_dir: Path, work: Path | None = None, threads: int = 2, prompt_tokens: int = 128,
          new_tokens: int = 32, repeats: int = 3, rounds: int = 2, greedy_tokens: int = 48,
-         pairs: tuple = PAIRS, say=print) -> dict[str, Any]:
+         pairs: tuple = PAIRS, say=print, tag: str = "") -> dict[str, Any]:
     from slmkit.paths import atomic_write_json, atomic_write_text, cache_dir
 
     started = time.time()
@@ -358,10 +359,34 @@ def race(model: str, out_dir: Path, work: Path | None = None, threads: int = 2, 
               "versions": _versions(), "machine": {"cores": os.cpu_count(), "cpu": _cpu()},
               "seconds": round(time.time() - started, 1)}
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"onnx-interop-{model}"
+    stem = f"onnx-interop-{model}{'-' + tag if tag else ''}"
     atomic_write_json(out_dir / f"{stem}.json", report)
     atomic_write_text(out_dir / f"{stem}.md", markdown(report))
+    plot(report, out_dir / f"{stem}.png")
     return report
+
+
+def plot(report: dict[str, Any], path: Path) -> Path:
+    """Decode speed (tok/s, best round) against parity (top-1 agreement with torch fp32), one point per pair."""
+    from slmkit.plots import pyplot, save_png
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    colours = {"onnxruntime": "tab:blue", "ort-genai": "tab:orange", "optimum": "tab:green"}
+    for r in report["rows"]:
+        t, p = r.get("timing") or {}, r.get("parity") or {}
+        if t.get("decode_tok_s") and p.get("top1_agreement") is not None:
+            ax.scatter(p["top1_agreement"], t["decode_tok_s"], color=colours.get(r["runtime"], "grey"), s=40)
+            ax.annotate(f"{r['artifact']}", (p["top1_agreement"], t["decode_tok_s"]), fontsize=7,
+                        xytext=(4, 3), textcoords="offset points")
+    for runtime, colour in colours.items():
+        ax.scatter([], [], color=colour, label=f"runtime: {runtime}")
+    ax.set_xlabel("top-1 agreement with torch fp32 (held-out text)")
+    ax.set_ylabel("decode tok/s (best round)")
+    ax.set_title(f"ONNX race, {report['model']}, {report['settings']['threads']} thread(s), shared 2-core CPU", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    return save_png(fig, path)
 
 
 def _versions() -> dict[str, Any]:
@@ -392,13 +417,13 @@ def markdown(report: dict[str, Any]) -> str:
              f"{s['rounds']}. Greedy text: {s['greedy_tokens']} new tokens, EOS respected, prompt {s['greedy_prompt']!r}.",
              f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}.", "",
              "| artifact | runtime | file MB | nodes | weight ops | max rel err | top-1 | ppl ratio | greedy = ours fp32 | "
-             "prefill tok/s | decode tok/s | peak RSS MB | load (1m) |",
-             "|---|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---|"]
+             "prefill tok/s | decode tok/s | decode CPU ms/tok | peak RSS MB | load (1m) |",
+             "|---|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---|"]
     for r in report["rows"]:
         p, t = r.get("parity", {}), r.get("timing", {})
         if "error" in r or "error" in p:
             lines.append(f"| {r['artifact']} | {r['runtime']} | {_f(r.get('file_mb'), '.1f')} | | | failed: "
-                         f"{str(r.get('error') or p.get('error'))[:160].replace('|', '/')} | | | | | | | |")
+                         f"{str(r.get('error') or p.get('error'))[:160].replace('|', '/')} | | | | | | | | |")
             continue
         ops = ", ".join(f"{k}×{v}" for k, v in sorted(r.get("ops", {}).items()) if k in
                         ("MatMul", "MatMulNBits", "GroupQueryAttention", "MatMulInteger"))
@@ -408,7 +433,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {r['artifact']} | {r['runtime']} | {_f(r.get('file_mb'), '.1f')} | {r.get('nodes', '–')} | {ops} "
             f"| {_f(p.get('max_rel_err'), '.2e')} | {_f(p.get('top1_agreement'), '.3f')} | {_f(p.get('ppl_ratio'), '.4f')} "
             f"| {'yes' if eq else 'no' if eq is not None else '–'} | {_f(t.get('prefill_tok_s'), '.1f')} "
-            f"| {_f(t.get('decode_tok_s'), '.2f')} | {_f(t.get('peak_rss_mb'), '.0f')} | {load[0] if load else '–'} |")
+            f"| {_f(t.get('decode_tok_s'), '.2f')} | {_f(t.get('decode_cpu_ms_per_tok'), '.1f')} "
+            f"| {_f(t.get('peak_rss_mb'), '.0f')} | {load[0] if load else '–'} |")
     lines += ["", "Greedy texts:", ""]
     for r in report["rows"]:
         text = r.get("parity", {}).get("greedy_text")
@@ -428,11 +454,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--pairs", default="all", help="comma list of ARTIFACT@RUNTIME (default: all)")
+    p.add_argument("--tag", default="", help="suffix of the output files (onnx-interop-MODEL-TAG.*)")
     args = p.parse_args(argv)
     pairs = PAIRS if args.pairs == "all" else tuple(tuple(x.split("@")) for x in args.pairs.split(","))
     report = race(args.model, Path(args.out), Path(args.work) if args.work else None, args.threads,
                   args.prompt_tokens, args.new_tokens, args.repeats, args.rounds, pairs=pairs,
-                  say=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
+                  say=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True), tag=args.tag)
     print(markdown(report))
     return 0
 
@@ -454,12 +481,14 @@ class _Clock:
 
     def __init__(self) -> None:
         self.stamps: list[float] = []
+        self.cpu: list[float] = []
         self.calls = 0
 
     def put(self, value) -> None:
         self.calls += 1
         if self.calls > 1:
             self.stamps.append(time.perf_counter())
+            self.cpu.append(time.process_time())
 
     def end(self) -> None:
         pass
@@ -521,9 +550,11 @@ def _optimum_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 continue
             first, last = clock.stamps[0], clock.stamps[-1]
             runs.append({"ttft_s": first - start, "prefill_tok_s": len(ids) / (first - start),
-                         "decode_tok_s": (len(clock.stamps) - 1) / (last - first), "new_tokens": len(clock.stamps)})
+                         "decode_tok_s": (len(clock.stamps) - 1) / (last - first), "new_tokens": len(clock.stamps),
+                         "decode_cpu_ms_per_tok": 1000 * (clock.cpu[-1] - clock.cpu[0]) / (len(clock.cpu) - 1)})
         out["runs"] = runs
-        out["median"] = {k: sorted(r[k] for r in runs)[len(runs) // 2] for k in ("ttft_s", "prefill_tok_s", "decode_tok_s")}
+        keys = ("ttft_s", "prefill_tok_s", "decode_tok_s", "decode_cpu_ms_per_tok")
+        out["median"] = {k: sorted(r[k] for r in runs)[len(runs) // 2] for k in keys}
     out["peak_rss_mb"] = _peak_rss_mb()
     return out
 

@@ -63,13 +63,13 @@ def tiny_export(tiny, tmp_path_factory):
 
 
 def test_genai_runs_our_export_like_our_runtime(tiny, tiny_export):
-    from slmkit.bench.worker import GenaiRunner
+    from slmkit.serve.ortgenai_backend import OrtGenaiRuntime
     from slmkit.model.hf import load_any
 
     config = json.loads((tiny_export / "genai_config.json").read_text())
     assert config["model"]["decoder"]["num_hidden_layers"] == CFG["n_layers"]
     assert config["search"]["past_present_share_buffer"] is False  # our graph concatenates past and new keys
-    ours, genai = OnnxRuntime(tiny_export, threads=1), GenaiRunner(tiny_export, threads=1)
+    ours, genai = OnnxRuntime(tiny_export, threads=1), OrtGenaiRuntime(tiny_export, threads=1)
     ids = [5, 17, 99, 3, 250, 8, 41, 7, 300, 12, 64, 2]
     with torch.no_grad():
         ref = load_any(tiny)(torch.tensor([ids]))[0].numpy()
@@ -79,6 +79,12 @@ def test_genai_runs_our_export_like_our_runtime(tiny, tiny_export):
     prompt = [5, 17, 99, 3, 250, 8]
     want = list(ours.generate_ids(prompt, SamplingParams(max_new_tokens=24)))
     assert list(genai.stream(prompt, 24, ignore_eos=False)) == want
+    assert list(genai.generate_ids(prompt, SamplingParams(max_new_tokens=24))) == want  # the Runtime interface
+    sampled = SamplingParams(max_new_tokens=12, temperature=0.9, top_k=0, top_p=0.9, seed=7)
+    a, b = list(genai.generate_ids(prompt, sampled)), list(genai.generate_ids(prompt, sampled))
+    assert a == b and 0 < len(a) <= 12  # seeded sampling in GenAI's loop is reproducible
+    greedy5 = SamplingParams(max_new_tokens=5)  # text through the shared Runtime.generate (ids: the tokenizer outgrows CFG's vocab)
+    assert genai.complete(prompt, greedy5) == ours.complete(prompt, greedy5)
     # a GenAI user's own calls: og.Model + og.Tokenizer read our folder; the tokenizer agrees with ours
     model = og.Model(str(tiny_export))
     text = "Tom has 17 apples and gives 5 to Mia."
@@ -87,6 +93,7 @@ def test_genai_runs_our_export_like_our_runtime(tiny, tiny_export):
 
 def test_genai_config_bad_folder(tmp_path):
     from slmkit.export.genai import build_genai, write_genai_config
+    from slmkit.serve.ortgenai_backend import OrtGenaiRuntime
 
     (tmp_path / "config.json").write_text(json.dumps({"num_attention_heads": 4}))
     with pytest.raises(SlmkitError, match=r"config.json: field 'hidden_size' missing or not a number"):
@@ -95,6 +102,11 @@ def test_genai_config_bad_folder(tmp_path):
         build_genai(tmp_path, tmp_path / "out", "q4")
     with pytest.raises(SlmkitError, match=r"not an HF model folder"):
         build_genai(tmp_path / "nope", tmp_path / "out", "int4")
+    with pytest.raises(SlmkitError, match=r"genai_config.json: missing"):
+        OrtGenaiRuntime(tmp_path)
+    (tmp_path / "genai_config.json").write_text("{\"model\": ")  # truncated
+    with pytest.raises(SlmkitError, match=r"ONNX Runtime GenAI cannot load it"):
+        OrtGenaiRuntime(tmp_path)
 
 
 def test_bench_latency_ort_genai(tiny, tiny_export, tmp_path, monkeypatch):
@@ -126,7 +138,7 @@ def test_smollm2_optimum_and_genai_greedy_equal_ours(tmp_path):
     """SmolLM2-135M-Instruct: our fp32 export, generated greedily by our runtime, by optimum's
     ORTModelForCausalLM (side venv) and by GenAI, and GenAI's own fp32 build of the same HF folder: one text."""
     from slmkit import hub
-    from slmkit.bench.worker import GenaiRunner
+    from slmkit.serve.ortgenai_backend import OrtGenaiRuntime
     from slmkit.export.genai import build_genai
 
     interop = _interop()
@@ -148,6 +160,6 @@ def test_smollm2_optimum_and_genai_greedy_equal_ours(tmp_path):
     assert res["ok"], res.get("error")
     assert res["model_class"] == "ORTModelForCausalLM" and res["versions"]["transformers"].startswith("4.")
     assert res["greedy_ids"] == want
-    assert list(GenaiRunner(ours_dir, threads=2).stream(prompt, 32, ignore_eos=False)) == want
+    assert list(OrtGenaiRuntime(ours_dir, threads=2).stream(prompt, 32, ignore_eos=False)) == want
     theirs = build_genai(hf, tmp_path / "genai-fp32", "fp32", threads=2)
-    assert list(GenaiRunner(theirs, threads=2).stream(prompt, 32, ignore_eos=False)) == want
+    assert list(OrtGenaiRuntime(theirs, threads=2).stream(prompt, 32, ignore_eos=False)) == want

@@ -160,14 +160,14 @@ def ensure_genai(art, path: Path, q: str, say, measure_parity: bool = True, thre
 def genai_parity(source: Path, artifact: Path, qtype: str, threads: int = 2) -> dict:
     """The exporters' parity metrics for a GenAI-built folder run by GenAI, every bound dropped (a measurement)."""
     from slmkit.bench.exports import source_model, tokenizer_dir
-    from slmkit.bench.worker import GenaiRunner
     from slmkit.export.parity import BOUND_KEYS, heldout_token_batches, run_parity
     from slmkit.model.tokenizer import load_tokenizer
+    from slmkit.serve.ortgenai_backend import OrtGenaiRuntime
 
     model = source_model(source)
     batches = heldout_token_batches(load_tokenizer(tokenizer_dir(source)), model.cfg.vocab_size, n_batches=4,
                                     seq_len=min(64, model.cfg.max_seq_len))
-    runner = GenaiRunner(artifact, threads=threads)
+    runner = OrtGenaiRuntime(artifact, threads=threads)
     try:
         return run_parity(model, runner, batches, quantized=qtype != "fp32", bounds={k: None for k in BOUND_KEYS},
                           report_path=artifact / "parity.json", qtype=qtype,
@@ -233,6 +233,7 @@ def _row(job: Job, result: dict, info, bandwidth: float, prompt_tokens: int, new
         "ttft_ms": round(med["ttft_s"] * 1000, 3) if med.get("ttft_s") else None,
         "prefill_tok_s": round(med["prefill_tok_s"], 2) if med.get("prefill_tok_s") else None,
         "decode_tok_s": round(med["decode_tok_s"], 2) if med.get("decode_tok_s") else None,
+        "decode_cpu_ms_per_tok": round(med["decode_cpu_ms_per_tok"], 2) if med.get("decode_cpu_ms_per_tok") else None,
         "best_decode_tok_s": round(max(r["decode_tok_s"] for r in result["runs"] if r["decode_tok_s"]), 2)
         if any(r["decode_tok_s"] for r in result["runs"]) else None,
         "peak_rss_mb": result["peak_rss_mb"],

@@ -93,18 +93,21 @@ def _threads_kw(cls, threads: int) -> dict[str, int]:
 
 def time_stream(tokens: Iterator[int], n_prompt: int) -> dict[str, Any]:
     t0 = time.perf_counter()
-    first = None
+    first = cpu_first = None
     count = 0
     for _ in tokens:
         count += 1
         if first is None:
-            first = time.perf_counter()
-    end = time.perf_counter()
+            first, cpu_first = time.perf_counter(), time.process_time()
+    end, cpu_end = time.perf_counter(), time.process_time()
     if first is None:
         raise RuntimeError("the backend produced no tokens")
     ttft = first - t0
     return {"ttft_s": ttft, "prefill_tok_s": n_prompt / ttft, "new_tokens": count,
             "decode_tok_s": (count - 1) / (end - first) if count > 1 and end > first else None,
+            # process CPU time per decoded token: on a shared machine it moves less with other load than wall time
+            # (with several threads it includes ONNX Runtime's spin-waiting; at 1 thread it is the compute)
+            "decode_cpu_ms_per_tok": 1000 * (cpu_end - cpu_first) / (count - 1) if count > 1 else None,
             "total_s": end - t0}
 
 
@@ -176,58 +179,12 @@ def _raw_llama(spec: dict):
     return llm, None, int(llm.n_vocab()), run
 
 
-class GenaiRunner:
-    """ONNX Runtime GenAI on a folder with genai_config.json (its builder's output, or our export): its own
-    generator loop, the way a GenAI user runs it. `threads` overrides the config's intra-op threads."""
-
-    name = "ort-genai"
-
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        import onnxruntime_genai as og
-
-        from slmkit.model.tokenizer import load_tokenizer
-
-        self.og, self.path = og, Path(path)
-        config = og.Config(str(self.path))
-        if threads:
-            config.overlay(json.dumps({"model": {"decoder": {"session_options": {
-                "intra_op_num_threads": int(threads), "inter_op_num_threads": 1}}}}))
-        self.model = og.Model(config)
-        genai = json.loads((self.path / "genai_config.json").read_text())
-        self.vocab_size = int(genai["model"]["vocab_size"])
-        self.tokenizer = load_tokenizer(self.path)
-
-    def _generator(self, ids: Sequence[int], max_length: int, min_length: int = 0):
-        import numpy as np
-
-        params = self.og.GeneratorParams(self.model)
-        params.set_search_options(do_sample=False, max_length=max_length, min_length=min_length)
-        gen = self.og.Generator(self.model, params)
-        gen.append_tokens(np.asarray([list(ids)], dtype=np.int32))
-        return gen
-
-    def logits(self, ids: Sequence[int]):
-        """Float32 logits [len(ids), vocab] of one prefill."""
-        import numpy as np
-
-        return np.asarray(self._generator(ids, len(ids) + 1).get_output("logits")[0], dtype=np.float32)
-
-    def stream(self, ids: Sequence[int], n_new: int, ignore_eos: bool = True) -> Iterator[int]:
-        """Greedy tokens from GenAI's generator; with ignore_eos, min_length keeps it going for exactly n_new."""
-        gen = self._generator(ids, len(ids) + n_new, len(ids) + n_new if ignore_eos else 0)
-        for _ in range(n_new):
-            if gen.is_done():
-                return
-            gen.generate_next_token()
-            yield int(gen.get_next_tokens()[0])
-
-    def close(self) -> None:
-        self.model = None
-
-
 def _ort_genai(spec: dict):
-    runner = GenaiRunner(spec["path"], threads=int(spec["threads"]))
-    return runner, runner.tokenizer, runner.vocab_size, runner.stream
+    """ONNX Runtime GenAI's generator loop (min_length holds it to exactly new_tokens: EOS ignored)."""
+    from slmkit.serve.ortgenai_backend import OrtGenaiRuntime
+
+    runtime = OrtGenaiRuntime(spec["path"], threads=int(spec["threads"]))
+    return runtime, runtime.tokenizer, runtime.vocab_size, lambda ids, n: runtime.stream(ids, n, ignore_eos=True)
 
 
 def _load(spec: dict):
@@ -264,7 +221,7 @@ def measure(spec: dict) -> dict[str, Any]:
     ids = prompts[1]
     close = getattr(handle, "close", None)
     median = {k: statistics.median(r[k] for r in runs if r[k] is not None) if any(r[k] is not None for r in runs) else None
-              for k in ("ttft_s", "prefill_tok_s", "decode_tok_s")}
+              for k in ("ttft_s", "prefill_tok_s", "decode_tok_s", "decode_cpu_ms_per_tok")}
     result = {"load_s": round(load_s, 3), "warmup": warm, "runs": runs, "median": median,
               "peak_rss_mb": peak_rss_mb(), "rss_at_start_mb": round(rss_before / 1024, 1),
               "prompt_ids_head": ids[:8], "vocab_hi": vocab_hi, "pid": os.getpid(),
