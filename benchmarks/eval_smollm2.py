@@ -69,6 +69,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads per backend (e.g. 1 to run hf and gguf "
                     "as two processes side by side: --gguf-types '' in one, --skip-hf in the other)")
+    ap.add_argument("--batch-size", type=int, default=32, help="sequences the engine decodes together (and scoring "
+                    "contexts per forward)")
     args = ap.parse_args(argv)
 
     from slmkit.evaluate.compare import compare
@@ -81,7 +83,8 @@ def main(argv=None) -> int:
     models = [] if args.skip_hf else [("hf", "torch", hf_dir, "SmolLM2-135M-Instruct fp32 [torch]")]
     for qtype in [q for q in args.gguf_types.split(",") if q]:
         models.append((f"gguf-{qtype}", "llama.cpp", ensure_gguf(hf_dir, qtype), f"SmolLM2-135M-Instruct {qtype} [llama.cpp]"))
-    lms = {key: make_lm(backend, str(path), threads=args.threads) for key, backend, path, _ in models}  # loaded once
+    lms = {key: make_lm(backend, str(path), batch_size=args.batch_size, threads=args.threads)
+           for key, backend, path, _ in models}  # loaded once
     suite = load_suite("xmodel13")
     entries = select(suite, args.tasks)
     # task by task (cheapest first), every model in turn: a run cut short still has whole tasks to report
@@ -95,10 +98,14 @@ def main(argv=None) -> int:
                 done[key].append(rec)
                 print(f"{key} {entry.name}: {rec['scores'][0]['value']} (already run)", flush=True)
                 continue
+            before = lms[key].engine().stats()
             rec = run_eval(str(path), tasks=[entry.task], backend=backend, limit=args.limit,
                            out=out / key / entry.task, label=label, write_reports=False, lm=lms[key])
+            after = lms[key].engine().stats()
             done[key].append(rec)
-            print(f"{key} {entry.name}: {rec['scores'][0]['value']} ({time.time() - t0:.0f} s)", flush=True)
+            delta = {k: after[k] - before[k] for k in ("prompt_tokens", "prefill_tokens", "cached_tokens", "generated_tokens")}
+            print(f"{key} {entry.name}: {rec['scores'][0]['value']} ({time.time() - t0:.0f} s, load "
+                  f"{os.getloadavg()[0]:.1f}; engine {delta})", flush=True)
             write_combined(out / key, done[key], label, entries)
     runs = [out / key for key in ("hf", *(f"gguf-{q}" for q in args.gguf_types.split(",") if q))
             if (out / key / "results.json").exists()]  # every model run into this folder so far

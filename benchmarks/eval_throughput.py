@@ -3,11 +3,13 @@
 Both score the very same lm-eval Instances (built once by our task manager from local data): ARC-Challenge
 25-shot, HellaSwag 10-shot, MMLU 5-shot (a few subjects), GSM8K 8-shot generation (per-document random
 exemplars) and BBH CoT 3-shot generation (fixed exemplars: one shared prefix). Prints time per
-backend, the stock/ours time ratio and how far the per-request scores are apart.
+backend, the stock/ours time ratio, how far the per-request scores are apart, and for ours what the
+engine's prefix cache did per slice (context tokens asked for, computed, served from the cache).
 
-    python benchmarks/eval_throughput.py --limit 8 --gen-limit 8 [--model HF_DIR] [--gguf FILE] [--json out.json]
+    python benchmarks/eval_throughput.py --limit 8 --gen-limit 8 [--stock-batch 16] [--model HF_DIR]
+        [--gguf FILE] [--json out.json]
 
-With --gguf, the GGUF's generation is timed batched (default) and one prompt at a time.
+With --gguf, the GGUF's generation is timed on the engine (parallel sequences) and one prompt at a time.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=8, help="documents per multiple-choice slice")
     ap.add_argument("--gen-limit", type=int, default=8, help="GSM8K and BBH documents (generation: batched by 8 in ours)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--stock-batch", type=int, default=16, help="stock lm-eval hf batch size (16 was its best here)")
+    ap.add_argument("--ours-batch", type=int, default=32)
     ap.add_argument("--json", help="write the measurements here")
     args = ap.parse_args(argv)
     import torch
@@ -85,18 +89,24 @@ def main(argv=None) -> int:
 
     from slmkit.evaluate.lm import LlamaCppLM, TorchLM
 
-    backends = {"stock": HFLM(pretrained=model, device="cpu", dtype="float32", batch_size=1),  # the CLI default
-                "ours": TorchLM(model, batch_size=8)}
+    backends = {"stock": HFLM(pretrained=model, device="cpu", dtype="float32", batch_size=args.stock_batch),
+                "ours": TorchLM(model, batch_size=args.ours_batch)}
     if args.gguf:
-        backends["gguf"] = LlamaCppLM(args.gguf)  # generation batched (8 parallel llama.cpp sequences)
+        backends["gguf"] = LlamaCppLM(args.gguf, batch_size=args.ours_batch)  # the engine: parallel sequences
         backends["gguf-serial"] = LlamaCppLM(args.gguf, batch_size=1)  # generation only: one prompt at a time
     timings: dict[str, dict] = {k: {} for k in backends}
+    prefix: dict[str, dict] = {}
     for name, insts in instances.items():  # interleaved per slice, so load drift hits both alike
         for key, lm in backends.items():
             if key.endswith("-serial") and insts[0].request_type != "generate_until":
                 continue
             print(f"[{key}]", end="", flush=True)
+            before = lm.engine().stats() if key == "ours" else None
             timings[key].update(run(lm, {name: insts}))
+            if before is not None:
+                after = lm.engine().stats()
+                prefix[name] = {k: after[k] - before[k] for k in ("prompt_tokens", "prefill_tokens", "cached_tokens")}
+                print(f"    prefix cache: {prefix[name]}", flush=True)
     stock, ours = timings["stock"], timings["ours"]
     extra = {k: v for k, v in timings.items() if k not in ("stock", "ours")}
 
@@ -116,6 +126,9 @@ def main(argv=None) -> int:
         for k, v in extra.items():
             if name in v:
                 row[f"{k}_s"] = round(v[name]["seconds"], 2)
+        if name in prefix:
+            row["ours_context_tokens"], row["ours_computed_tokens"] = prefix[name]["prompt_tokens"], prefix[name]["prefill_tokens"]
+            row["ours_cached_tokens"] = prefix[name]["cached_tokens"]
         if "gguf-serial" in extra and name in extra["gguf-serial"]:
             row["gguf_batched_vs_serial"] = round(extra["gguf-serial"][name]["seconds"] / extra["gguf"][name]["seconds"], 2)
             row["gguf_same_text"] = sum(a == b for a, b in zip(extra["gguf"][name]["out"], extra["gguf-serial"][name]["out"]))
@@ -129,7 +142,8 @@ def main(argv=None) -> int:
         from slmkit.paths import atomic_write_json
 
         atomic_write_json(args.json, {"model": model, "limit": args.limit, "threads": torch.get_num_threads(),
-                                      "rows": rows, "total": total})
+                                      "stock_batch": args.stock_batch, "ours_batch": args.ours_batch,
+                                      "load": os.getloadavg()[0], "rows": rows, "total": total})
     return 0
 
 

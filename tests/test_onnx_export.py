@@ -128,6 +128,12 @@ def test_onnx_runtime_greedy_matches_torch_and_loglikelihood(odd_export, odd_che
     assert fast[4] == (0.0, True)
     text = ort_rt.complete("2 + 3 =", SamplingParams(max_new_tokens=5))
     assert isinstance(text, str)
+    # the engine runs ONNX Runtime's own loop one request at a time behind the same queue
+    prompts = [prompt, prompt[:2], [9, 8, 7]]
+    assert ort_rt.generate_batch(prompts, 10) == [list(torch_rt.generate_ids(p, SamplingParams(max_new_tokens=10)))
+                                                  for p in prompts]
+    assert ort_rt.engine().stats()["executor"] == "serial"
+    ort_rt.close()
 
 
 def test_int8_export_gate_and_hf_input(odd_checkpoint, tmp_path, capsys):
