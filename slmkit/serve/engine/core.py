@@ -29,7 +29,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from slmkit.errors import SlmkitError
-from slmkit.serve.sampling import SamplingParams, common_prefix, group_by_context, sample_token
+from slmkit.serve.sampling import SamplingParams, group_by_context, sample_token
+from slmkit.serve.engine.prefix import chain_keys
 from slmkit.serve.engine.step import ALL, LAST, NONE, Chunk
 from slmkit.serve.text import TextStream
 
@@ -113,7 +114,7 @@ class Seq:
 
     __slots__ = ("handle", "prompt", "budget", "params", "stream", "rng", "greedy", "out", "pos", "last",
                  "state", "row", "cached", "t_submit", "t_admit", "t_first", "on_token", "conts", "scores",
-                 "kids_left", "score_done")
+                 "kids_left", "score_done", "keys")
 
     def __init__(self, prompt: list[int], budget: int, handle: Handle | None = None) -> None:
         self.handle, self.prompt, self.budget = handle, prompt, budget
@@ -132,6 +133,7 @@ class Seq:
         self.scores: list = []
         self.kids_left: list[int] = []
         self.score_done: Callable | None = None
+        self.keys: list[int] | None = None  # prefix-cache block keys of the prompt (computed when needed)
 
     @property
     def cancelled(self) -> bool:
@@ -356,7 +358,10 @@ class Engine:
         st["step_seconds"] += time.perf_counter() - t0
 
     def _admit(self) -> None:
-        prefilling = [s for s in self._active if s.state == "prefill"]
+        pending = set()  # block keys that prefills in flight will compute (and then cache)
+        for s in self._active:
+            if s.state == "prefill":
+                pending.update(self._keys(s))
         if not self._active and self._waiting and hasattr(self.executor, "reserve"):
             head = itertools.islice(self._waiting, 4 * self.max_batch)
             self.executor.reserve(max(len(s.prompt) + s.budget for s in head))
@@ -369,7 +374,7 @@ class Engine:
             if seq.conts == [] and seq.budget == 0:
                 self._retire(seq, LENGTH)
                 continue
-            if self._deferred(seq, prefilling):
+            if self._deferred(seq, pending):
                 kept.append(seq)
                 scanned += 1
                 continue
@@ -382,17 +387,23 @@ class Engine:
             self._stats["cached_tokens"] += seq.cached
             seq.state = "prefill"
             self._active.append(seq)
-            prefilling.append(seq)
+            pending.update(self._keys(seq))
         self._waiting.extendleft(reversed(kept))
 
-    def _deferred(self, seq: Seq, prefilling: list[Seq]) -> bool:
-        """Whether an active prefill is about to compute a block of `seq`'s prompt that is not cached yet."""
+    def _keys(self, seq: Seq) -> list[int]:
         bs = self.executor.block_tokens
-        if not prefilling or bs <= 0:
+        if seq.keys is None:
+            seq.keys = chain_keys(seq.prompt, bs, len(seq.prompt) - 1) if bs > 0 else []
+        return seq.keys
+
+    def _deferred(self, seq: Seq, pending: set) -> bool:
+        """Whether a prefill in flight computes the first block of `seq`'s prompt that is not cached yet (a
+        prefill saves its blocks when its prompt is complete, so waiting for it saves a block or more)."""
+        bs = self.executor.block_tokens
+        if not pending or bs <= 0:
             return False
-        have = self.executor.peek(seq.prompt)
-        # (a prefill saves its blocks when its prompt is complete, so waiting for it is worth a block or more)
-        return any(common_prefix(other.prompt, seq.prompt) >= have + bs for other in prefilling)
+        keys, i = self._keys(seq), self.executor.peek(seq.prompt) // bs
+        return i < len(keys) and keys[i] in pending
 
     def _plan(self) -> list[Chunk]:
         chunks: list[Chunk] = []

@@ -15,6 +15,17 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 
+def chain_keys(ids: Sequence[int], block_tokens: int, n_tokens: int | None = None) -> list[int]:
+    """Keys of the full blocks of ids[:n_tokens]: each hashes the previous key and the block's tokens, so a
+    key names the whole prefix up to the end of its block."""
+    n = len(ids) if n_tokens is None else min(n_tokens, len(ids))
+    out, key = [], None
+    for start in range(0, n - block_tokens + 1, block_tokens):
+        key = hash((key, tuple(ids[start:start + block_tokens])))
+        out.append(key)
+    return out
+
+
 @dataclass
 class Block:
     tokens: tuple[int, ...]
@@ -35,14 +46,7 @@ class PrefixCache:
         self.inserted = self.evicted = 0
 
     def keys(self, ids: Sequence[int], n_tokens: int | None = None) -> list[int]:
-        """Chain keys of the full blocks of ids[:n_tokens]."""
-        bs = self.block_tokens
-        n = len(ids) if n_tokens is None else min(n_tokens, len(ids))
-        out, key = [], None
-        for start in range(0, n - bs + 1, bs):
-            key = hash((key, tuple(ids[start:start + bs])))
-            out.append(key)
-        return out
+        return chain_keys(ids, self.block_tokens, n_tokens)
 
     def match(self, ids: Sequence[int], limit: int) -> list[Block]:
         """The cached blocks covering the longest prefix of ids[:limit] (counted in the hit statistics)."""
