@@ -123,7 +123,7 @@ def _plot(results: dict, path: Path) -> None:
         for k, (name, res) in enumerate(policies.items()):
             values = [res["per_type"].get(t, {}).get("success", 0.0) for t in TYPES] + [res["success_rate"]]
             xs = [i + (k - (len(policies) - 1) / 2) * width for i in range(len(labels))]
-            ax.bar(xs, values, width, label=f"{name} ({res['success_rate']:.1f}%)")
+            ax.bar(xs, values, width, label=f"{name}: {res['success_rate']:.1f}% of {res['episodes']}/{res['games_in_split']} games")
         ax.set_xticks(range(len(labels)), labels)
         ax.set_ylim(0, 105)
         ax.set_ylabel("success rate (%)")
@@ -140,8 +140,9 @@ def _markdown(results: dict) -> str:
              "- **planner**: Fast Downward's plan for each game's PDDL problem (TextWorld's PDDL planner, in the game's "
              "own command grammar), every command checked against the env's admissible commands before it is played;",
              f"- **random**: uniformly one admissible command per step (`random.Random(f\"{RANDOM_SEED}:{{game id}}\")`).",
-             "", f"Measured {results['measured']} on {results['machine']}; wall times are sums of per-game "
-             "seconds (game load ≈ 3 s dominates) on a shared 2-core machine, so they are loose.", ""]
+             "", f"Measured {results['measured']} on {results['machine']}; wall times are sums of per-game seconds, "
+             f"taken while other jobs shared the machine (load average {results.get('load_average', '?')} when this "
+             "report was written), so they are loose: alfworld.md gives idle-machine timings.", ""]
     for split, policies in results["splits"].items():
         first = next(iter(policies.values()))
         lines += [f"## {split} ({first['games_in_split']} games)", "",
@@ -196,7 +197,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     work = Path(args.work) if args.work else cache_dir() / "alfworld" / "baselines"
     results: dict = {"measured": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-                     "splits": {}}
+                     "load_average": round(os.getloadavg()[0], 1), "splits": {}}
     policies = [p.strip() for p in args.policies.split(",") if p.strip() and p.strip() != "none"]
     for split in [resolve_split(s.strip()) for s in args.splits.split(",")]:
         results["splits"][split] = {}
