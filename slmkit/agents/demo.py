@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slmkit.errors import SlmkitError
+from slmkit.errors import SlmkitError, Unavailable
 
 
-class AgentDemoSkipped(SlmkitError):
+class AgentDemoSkipped(Unavailable):
     """The stage cannot run here (no SLMKIT_DATA with react/ and hotpotqa/)."""
 
 

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from rich.console import Console
 
+from slmkit.errors import Unavailable as SkipStage  # a stage that cannot run here: reported skipped, not failed
 from slmkit.paths import atomic_write_json, atomic_write_text
 
 console = Console(stderr=True)
@@ -104,10 +105,6 @@ def stage_eval(ctx: dict) -> dict:
                         "(or run `slmkit eval` where the HF Hub is reachable)")
 
     return run_demo_eval(ctx["hf_dir"], ctx["run_dir"], limit=10 if ctx["quick"] else 25)
-
-
-class SkipStage(Exception):
-    """A stage that cannot run here (missing data or optional dependency): reported as skipped, not failed."""
 
 
 # Later stages plug in here: (name, "module:function"); each takes ctx and returns a dict.
