@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slmkit.errors import SlmkitError, Unavailable
+from slmkit.errors import Unavailable
 
 
 class AgentDemoSkipped(Unavailable):
