@@ -134,3 +134,37 @@ def test_trace_through_the_service_renders_boxes(hotpotqa, tok):
                       "Action 2: finish[Raffaella Reggi]", "Observation 2"]
     assert all(m.metadata["status"] == "done" for m in view.messages if m.metadata)
     assert view.messages[0].role == "user" and "**Finished** after 2 steps" in view.messages[-1].content
+
+
+def test_trace_view_drops_a_thought_that_is_only_the_action():
+    import gradio as gr
+
+    from slmkit.app.ui import TraceView
+
+    view = TraceView(gr)
+    for ev in [TraceEvent("prompt", text="You are in the middle of a room."), TraceEvent("generating", 1),
+               TraceEvent("output", 1, " go to desk 1", 0.5), TraceEvent("action", 1, "go to desk 1"),
+               TraceEvent("observation", 1, "On the desk 1, you see a pen.", 0.01),
+               TraceEvent("generating", 2), TraceEvent("output", 2, " I see a pen.\nAction 2: take[pen]", 0.4),
+               TraceEvent("action", 2, "take[pen]"), TraceEvent("observation", 2, "You take the pen.", 0.01)]:
+        view.add(ev)
+    titles = [m.metadata["title"] for m in view.messages if m.metadata]
+    assert titles == ["Action 1: go to desk 1", "Observation 1", "Thought 2", "Action 2: take[pen]", "Observation 2"]
+
+
+@pytest.mark.parametrize("benchmark,turns", [
+    ("FEVER", [" The claim is wrong.\nAction 1: Finish[REFUTES]"]),
+    ("WebShop", [" search[long clip-in hair extension]", " click[b0000]", " think[done]"]),
+    ("ALFWorld", [" think: I should look around.", " go to desk 1", " look"]),
+    ("Free question (local corpus)", [" Search it.\nAction 1: search[Raffaella Reggi]", " Done.\nAction 2: finish[1965]"]),
+])
+def test_every_benchmark_of_the_agent_tab_runs_an_episode(benchmark, turns, tok):
+    """The tab's own setup (DemoApp.episode_setup: task 0, 3 steps) on each benchmark's real environment."""
+    from slmkit.app.ui import DemoApp
+
+    env, fmt, task = DemoApp(None, "unused").episode_setup(benchmark, 0, "When was Raffaella Reggi born?", 3)
+    events, record = collect(ScriptedRuntime(tok, turns), env, fmt, task)
+    assert "error" not in record, record.get("error")
+    actions = [e.text for e in events if e.kind == "action"]
+    assert actions and actions == [s["action"] for s in record["steps"] if s.get("action")]  # every env call
+    assert events[-1].kind == "done" and record["n_steps"] <= 3

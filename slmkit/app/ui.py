@@ -110,6 +110,10 @@ class TraceView:
             self.thought = None
         elif ev.kind == "action":
             self.forced = ev.forced
+            last = self.messages[-1] if self.messages else None
+            if last is not None and last.metadata and last.metadata.get("title", "").startswith("Thought") and \
+                    _text(last.content).strip().lower() == ev.text.strip().lower():
+                self.messages.remove(last)  # the turn was only the action (ALFWorld / WebShop layouts)
             tool, arg = split_tool(ev.text)
             label = f"{tool}[{arg}]" if arg or ev.text.strip().endswith("]") else tool
             title = f"Action (forced: step budget spent): {label}" if ev.forced else f"Action {ev.step}: {label}"
@@ -141,7 +145,7 @@ def episode_summary(record: dict) -> str:
     parts = [f"**Finished** after {record.get('n_steps', 0)} steps in {record.get('seconds', 0):.1f} s"]
     if "answer" in info:
         parts.append((f"answer `{info['answer']}`" if info.get("answer") else "no answer") + (f" (gold `{info.get('gold')}`)" if info.get("gold") else ""))
-    if metrics:
+    if metrics and not ("gold" in info and not info.get("gold")):  # a free question has nothing to score against
         parts.append(" · ".join(f"{k} {v:g}" for k, v in metrics.items()))
     parts.append(f"{stats.get('invalid_actions', 0)} invalid actions · {stats.get('generated_tokens', 0)} tokens generated")
     if record.get("end"):
