@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from slmkit.serve import SamplingParams, load
-from test_app_support import LONG_PROMPT, MODEL_NAME, running_api, tiny_model_dir  # noqa: F401
+from test_app_support import MODEL_NAME, running_api, tiny_model_dir  # noqa: F401
 
 CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Tell me a story"}]
 
