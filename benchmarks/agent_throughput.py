@@ -3,8 +3,9 @@
 from scratch), on the same HotpotQA offline episodes, greedy. Reports episodes/hour, steps/s, generated and
 prefilled tokens, the ratio ours/naive, and how many episodes are token-identical between the two.
 
-It measures whatever `AgentLLM.generate_many` does today (the runtimes' batched decoders); when the
-generation engine replaces that body, the same script measures the engine.
+Ours is the generation engine (`Runtime.engine`: continuous batching, prefix cache keeping every
+episode's trajectory between steps); the engine's own counters (prompt tokens sent, served by the prefix
+cache, prefilled) are reported beside the times, and the load average around each phase (shared machine).
 
     python benchmarks/agent_throughput.py [--episodes 4] [--max-steps 7] [--parallel 4] \\
         [--backends torch,gguf] [--gguf FILE.gguf] [--threads 2] [--json out.json] [--md out.md]
@@ -44,6 +45,7 @@ def measure(label: str, runtime, env, fmt, tasks, sampling, parallel: int) -> di
     records = {}
     for name in ("naive", "ours"):
         llm = NaiveLLM(runtime) if name == "naive" else AgentLLM(runtime, max_batch=parallel)
+        load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
         recs = run_naive(env, fmt, tasks, llm, sampling) if name == "naive" else \
             run_episodes(env, fmt, tasks, llm, sampling, parallel=parallel)
@@ -52,9 +54,19 @@ def measure(label: str, runtime, env, fmt, tasks, sampling, parallel: int) -> di
         rows[name] = {"seconds": round(wall, 2), "episodes": len(recs), "steps": steps,
                       "episodes_per_hour": round(3600 * len(recs) / wall, 2), "steps_per_s": round(steps / wall, 4),
                       "model_calls": llm.calls, "prompt_tokens": llm.prompt_tokens, "generated_tokens": llm.generated_tokens,
-                      "errors": sum(1 for r in recs if r.get("error"))}
+                      "errors": sum(1 for r in recs if r.get("error")),
+                      "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+        if name == "ours":
+            stats = llm.engine_stats()
+            rows[name].update(prefill_tokens=stats.get("prefill_tokens"), cached_tokens=stats.get("cached_tokens"),
+                              mean_rows_per_step=stats.get("mean_rows_per_step"),
+                              prefix_cache=stats.get("prefix_cache"))
+        else:
+            rows[name]["prefill_tokens"] = llm.prompt_tokens
         records[name] = recs
-        print(f"  {label} {name}: {wall:.1f} s, {rows[name]['steps_per_s']} steps/s", flush=True)
+        print(f"  {label} {name}: {wall:.1f} s, {rows[name]['steps_per_s']} steps/s, prefilled "
+              f"{rows[name]['prefill_tokens']} of {llm.prompt_tokens} prompt tokens, load {rows[name]['load_average']}",
+              flush=True)
     same = [[p["ids"] for p in a["pieces"]] == [p["ids"] for p in b["pieces"]]
             for a, b in zip(records["ours"], records["naive"])]
     return {"backend": label, **{f"{k}_{n}": v for n, row in rows.items() for k, v in row.items()},
@@ -99,12 +111,15 @@ def main() -> int:
               "max_steps": args.max_steps, "parallel": args.parallel, "threads": args.threads,
               "max_new_tokens": args.max_new_tokens, "cpu_count": os.cpu_count(),
               "load_average": os.getloadavg(), "results": results,
-              "generate_many": "AgentLLM: Runtime.generate_batch per round (greedy), no KV kept between rounds"}
-    lines = ["| backend | naive s | ours s | speedup | naive steps/s | ours steps/s | ours episodes/h | identical episodes |",
-             "|---|---|---|---|---|---|---|---|"]
+              "generate_many": "AgentLLM: one Engine.generate_many per round (continuous batching + prefix cache)"}
+    lines = ["| backend | naive s | ours s | speedup | naive steps/s | ours steps/s | naive episodes/h | ours episodes/h "
+             "| prefilled tokens naive / ours | identical episodes | load (naive, ours) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['backend']} | {r['seconds_naive']} | {r['seconds_ours']} | {r['speedup']}× | {r['steps_per_s_naive']} | "
-                     f"{r['steps_per_s_ours']} | {r['episodes_per_hour_ours']} | {r['identical_episodes']}/{r['episodes']} |")
+                     f"{r['steps_per_s_ours']} | {r['episodes_per_hour_naive']} | {r['episodes_per_hour_ours']} | "
+                     f"{r['prefill_tokens_naive']} / {r['prefill_tokens_ours']} | {r['identical_episodes']}/{r['episodes']} | "
+                     f"{r['load_average_naive']}, {r['load_average_ours']} |")
     table = "\n".join(lines)
     print(table)
     if args.json:

@@ -1,6 +1,7 @@
-"""Real models through the agent loop: the batched path (many episodes per generate_many, the runtime's
-batched decoder) gives token-identical greedy trajectories to the naive loop (one episode at a time, each
-call re-prefilled from scratch) — on a tiny random model and on SmolLM2-135M-Instruct (pulled)."""
+"""Real models through the agent loop: the batched path (many episodes per generate_many on the generation
+engine, its prefix cache serving each episode's trajectory so far) gives token-identical greedy trajectories
+to the naive loop (one episode at a time, each call re-prefilled from scratch) — on a tiny random model and
+on SmolLM2-135M-Instruct (pulled); the engine's counters show a step prefills only its new tokens."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from agentkit import tiny_runtime
 from slmkit.agents.llm import AgentLLM, GenRequest, NaiveLLM
 from slmkit.agents.react import Sampling, run_episodes, run_naive
 from slmkit.serve.base import SamplingParams
+from slmkit.serve.sampling import common_prefix
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +47,50 @@ def test_tiny_model_batched_equals_naive(hotpot, tiny_tokenizer_dir, one_thread)
     for r in fast:
         ids = [i for p in r["pieces"] for i in p["ids"]]
         assert tok.decode(ids) == "".join(p["text"] for p in r["pieces"])
+
+
+class Recording(AgentLLM):
+    """AgentLLM that keeps every (request, result) pair it served, per episode."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.log: dict[str, list] = {}
+
+    def generate_many(self, requests):
+        results = super().generate_many(requests)
+        for req, res in zip(requests, results):
+            self.log.setdefault(req.key, []).append((list(req.prompt_ids), res))
+        return results
+
+
+@pytest.mark.parametrize("block", [1, 16])
+def test_each_step_prefills_only_its_new_tokens(hotpot, tiny_tokenizer_dir, one_thread, block):
+    """Step k's prompt extends step k-1's prompt + kept output: the prefix cache serves all of that (to a
+    block), so the engine prefills only the observation + next turn (+ the last generated id, never fed)."""
+    env, fmt = hotpot
+    rt, _ = tiny_runtime(tiny_tokenizer_dir)
+    llm = Recording(rt, max_batch=2, engine_options={"block_tokens": block, "prefix_cache_mb": 256})
+    tasks = env.tasks(2)
+    records = run_episodes(env, fmt, tasks, llm, Sampling(max_new_tokens=16), parallel=2)
+    assert not any(r.get("error") for r in records)
+    checked = 0
+    for key, calls in llm.log.items():
+        for (prev, prev_res), (ids, res) in zip(calls, calls[1:]):
+            known = prev + prev_res.ids[:-1]  # what the engine computed for the previous call
+            shared = common_prefix(known, ids)
+            assert shared >= len(prev)  # the trajectory only grows
+            new = len(ids) - shared
+            cached = res.info["cached_tokens"]
+            assert cached == min(shared, len(ids) - 1) // block * block
+            assert len(ids) - cached <= new + block - 1 and new < 200
+            checked += 1
+    assert checked >= 2 * 6
+    stats = llm.engine_stats()
+    served = sum(res.info["cached_tokens"] for calls in llm.log.values() for _, res in calls)
+    assert stats["prefill_tokens"] == stats["prompt_tokens"] - served  # counters agree with the per-call facts
+    # the few-shot prefix is computed once: the second episode's first call is served from the first's
+    firsts = [calls[0] for calls in llm.log.values()]
+    assert sum(res.info["cached_tokens"] for _, res in firsts) >= common_prefix(firsts[0][0], firsts[1][0]) // block * block - block
 
 
 def test_sampled_generation_is_seeded_per_task_and_call(hotpot, tiny_tokenizer_dir, one_thread):

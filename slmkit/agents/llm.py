@@ -2,14 +2,15 @@
 
 The loop never calls a runtime directly. Every model turn of every live episode becomes a `GenRequest`
 (the episode's whole trajectory as token ids, sampling, stop strings, budget) and the loop hands all of
-them to one `AgentLLM.generate_many` call per round. Today that call runs on the runtime interface
-(`slmkit.serve`): greedy requests go through `Runtime.generate_batch` (torch and llama.cpp decode the rows
-together, one weight pass per step, and prompts sharing the few-shot prefix compute it once per call; other
-backends run them one by one), sampled requests one at a time through `generate_ids`. The generation engine (continuous batching + prefix cache)
-replaces the body of `generate_many` and nothing else: a request's `key` names its episode, so an engine
-can keep that sequence's KV between rounds (each request of a key extends the previous one's ids).
+them to one `AgentLLM.generate_many` call per round. That call submits them, greedy and sampled alike,
+to the runtime's generation engine (`slmkit.serve.engine`: continuous batching + prefix cache) in one
+`Engine.generate_many`. An episode's next request extends its last one (trajectory + kept output +
+observation + next turn), so the engine's prefix cache serves everything it computed before and only the
+new tokens are prefilled; the few-shot prefix all episodes share is computed once per run.
 
-`NaiveLLM` is the reference: one request at a time, every prompt prefilled from scratch.
+`NaiveLLM` is the reference: one request at a time through `Runtime.generate_ids`, every prompt prefilled
+from scratch. `AgentLLM(batched=False)` runs requests the same way (without resetting caches) for
+callers that watch `generate_ids` token by token (the app's streaming view of a runtime).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ FINISH_STOP, FINISH_EOS, FINISH_LENGTH, FINISH_CONTEXT = "stop", "eos", "length"
 class GenRequest:
     prompt_ids: list[int]
     params: SamplingParams  # max_new_tokens, temperature/top_k/top_p/seed and `stop` strings
-    key: str = ""  # the episode this request continues (engines keep its KV between requests)
+    key: str = ""  # the episode this request continues (its next request extends this one's ids)
 
 
 @dataclass
@@ -35,7 +36,8 @@ class GenResult:
     ids: list[int]  # every generated id, including those that completed a stop string (not EOS-stripped)
     text: str  # decoded (special tokens skipped) up to, not including, the first stop string
     finish: str  # "stop" | "eos" | "length" | "context" (the prompt leaves no room to generate)
-    seconds: float = 0.0  # wall time of the call that produced it, shared equally by its batch
+    seconds: float = 0.0  # submit -> finished for this request (engine), or the call's wall time
+    # engine facts about the call: prompt_tokens, cached_tokens (served by the prefix cache)
     info: dict = field(default_factory=dict)
 
 
@@ -45,17 +47,24 @@ def first_stop(text: str, stops: Sequence[str]) -> int | None:
 
 
 class AgentLLM:
-    """Batch-oriented generation for the agent loop on a `slmkit.serve` runtime."""
+    """Batch-oriented generation for the agent loop on a `slmkit.serve` runtime's engine.
 
-    def __init__(self, runtime: Runtime, batched: bool = True, max_batch: int = 16) -> None:
+    max_batch: sequences the engine decodes together; engine_options: other `Runtime.engine` options
+    (prefix_cache_mb, block_tokens, max_step_tokens)."""
+
+    def __init__(self, runtime: Runtime, batched: bool = True, max_batch: int = 16,
+                 engine_options: dict | None = None) -> None:
         self.runtime = runtime
         self.tokenizer = runtime.tokenizer
         self.batched = batched
         self.max_batch = max(1, int(max_batch))
+        self.engine_options = {"max_batch": self.max_batch, **(engine_options or {})}
         self.eos = runtime.eos_ids
         self.calls = 0
         self.generated_tokens = 0
         self.prompt_tokens = 0
+        self.cached_tokens = 0
+        self._engine = None
 
     # ---- text <-> ids (the loop tokenizes every piece it appends through these) -------------------
     def encode(self, text: str) -> list[int]:
@@ -73,13 +82,25 @@ class AgentLLM:
         cfg = getattr(rt, "cfg", None)
         return int(getattr(cfg, "max_seq_len", 0) or 1 << 30)
 
+    @property
+    def engine(self):
+        """The runtime's shared engine with this loop's options (its prefix cache lives across calls)."""
+        self._engine = self.runtime.engine(**self.engine_options)
+        return self._engine
+
+    def engine_stats(self) -> dict:
+        """The engine's counters (prefill/cached/generated tokens, prefix-cache hit rate); {} when unused."""
+        engine = self._engine
+        return engine.stats() if engine is not None and not engine.closed else {}
+
     def release(self, key: str) -> None:
-        """The episode `key` is over (an engine frees its KV); nothing to do on the plain runtime."""
+        """The episode `key` is over. Nothing to free: its keys/values age out of the prefix cache (LRU)."""
 
     # ---- generation ------------------------------------------------------------------------------
     def generate_many(self, requests: Sequence[GenRequest]) -> list[GenResult]:
         """One result per request, in order. Greedy results do not depend on how requests are grouped
-        (up to float rounding of batched kernels: fp32 agrees; quantized llama.cpp may differ in near-ties)."""
+        or what the prefix cache holds (the engine's guarantee: fp32 identical; quantized llama.cpp may
+        differ where its multi-row kernels round differently from its one-row kernel)."""
         results: list[GenResult | None] = [None] * len(requests)
         todo = []
         for i, req in enumerate(requests):
@@ -87,19 +108,23 @@ class AgentLLM:
                 results[i] = GenResult([], "", FINISH_CONTEXT)
             else:
                 todo.append(i)
-        greedy = [i for i in todo if self.batched and not (requests[i].params.temperature or 0) > 0]
-        greedy.sort(key=lambda i: len(requests[i].prompt_ids))
-        for start in range(0, len(greedy), self.max_batch):
-            chunk = greedy[start:start + self.max_batch]
-            # a batch decodes at most (context - its longest prompt) tokens; rows that may need more run alone
-            room = self.context_limit - max(len(requests[i].prompt_ids) for i in chunk)
-            chunk = [i for i in chunk if self._budget(requests[i]) <= room]
-            if len(chunk) > 1:
-                for i, res in zip(chunk, self._batch([requests[i] for i in chunk])):
-                    results[i] = res
-        for i in todo:
-            if results[i] is None:
+        if not self.batched:
+            for i in todo:
                 results[i] = self._single(requests[i])
+            return results  # type: ignore[return-value]
+        if todo:
+            from slmkit.serve.engine import Request
+
+            outs = self.engine.generate_many([Request(list(requests[i].prompt_ids), requests[i].params) for i in todo])
+            for i, out in zip(todo, outs):
+                req = requests[i]
+                ids = [int(t) for t in out.token_ids]
+                self._count(req.prompt_ids, ids)
+                self.cached_tokens += out.cached_tokens
+                res = self._finish(ids, req.params, self._budget(req))
+                res.seconds = out.total_s
+                res.info = {"prompt_tokens": out.prompt_tokens, "cached_tokens": out.cached_tokens}
+                results[i] = res
         return results  # type: ignore[return-value]
 
     def _finish(self, ids: list[int], params: SamplingParams, budget: int) -> GenResult:
@@ -118,6 +143,7 @@ class AgentLLM:
         return bool(stops) and first_stop(self.decode(ids, skip_special=True), stops) is not None
 
     def _single(self, req: GenRequest) -> GenResult:
+        """One request through the runtime's own decode loop (`generate_ids`), stop strings checked here."""
         t0 = time.perf_counter()
         self.before_call()
         ids: list[int] = []
@@ -129,25 +155,6 @@ class AgentLLM:
         res = self._finish(ids, req.params, self._budget(req))
         res.seconds = time.perf_counter() - t0
         return res
-
-    def _batch(self, reqs: list[GenRequest]) -> list[GenResult]:
-        t0 = time.perf_counter()
-        max_new = max(r.params.max_new_tokens for r in reqs)
-        budgets = [self._budget(r) for r in reqs]
-
-        def done(row: int, ids: list[int]) -> bool:
-            return len(ids) >= budgets[row] or self._stopped(ids, reqs[row].params.stop)
-
-        outs = self.runtime.generate_batch([r.prompt_ids for r in reqs], max_new, done=done)
-        seconds = (time.perf_counter() - t0) / len(reqs)
-        results = []
-        for r, ids, budget in zip(reqs, outs, budgets):
-            ids = [int(t) for t in ids][:budget]
-            self._count(r.prompt_ids, ids)
-            res = self._finish(ids, r.params, budget)
-            res.seconds = seconds
-            results.append(res)
-        return results
 
     def _count(self, prompt: Sequence[int], ids: Sequence[int]) -> None:
         self.calls += 1

@@ -147,6 +147,7 @@ def run_agent(benchmark: str, model: str | Path | None, out_dir: str | Path, *, 
     position = {t.id: i for i, t in enumerate(tasks)}
     t0 = time.perf_counter()
     backend_name = backend
+    loads = [os.getloadavg()[0]]  # the machine's load as episodes end (shared machines: read timings with it)
     if todo:
         if llm is None:
             llm, backend_name = load_llm(model_path, backend, threads, naive, parallel)
@@ -154,6 +155,7 @@ def run_agent(benchmark: str, model: str | Path | None, out_dir: str | Path, *, 
         done_steps = [0]
 
         def saved(index: int, record: dict) -> None:
+            loads.append(os.getloadavg()[0])
             record["index"] = position[todo[index].id]
             record["task"] = todo[index].data
             store.append(record)
@@ -174,7 +176,8 @@ def run_agent(benchmark: str, model: str | Path | None, out_dir: str | Path, *, 
             if bar is not None:
                 bar.close()
     wall = time.perf_counter() - t0
-    runs = _append_run_log(out, len(todo), wall, backend_name)
+    engine = _engine_summary(llm) if todo else {}
+    runs = _append_run_log(out, len(todo), wall, backend_name, engine, sum(loads) / len(loads))
     records = [store.records[t.id] for t in tasks]
     results = summarize(benchmark, env, records, config, runs)
     atomic_write_json(out / "results.json", results)
@@ -193,12 +196,25 @@ def _progress(total: int, initial: int, name: str, enabled: bool):
     return tqdm(total=total, initial=initial, desc=f"agent {name}", unit="episode", dynamic_ncols=True)
 
 
-def _append_run_log(out: Path, episodes: int, seconds: float, backend) -> list[dict]:
+def _engine_summary(llm) -> dict:
+    """What the engine did for this session: prompt tokens sent, served by the prefix cache, prefilled."""
+    stats = llm.engine_stats() if hasattr(llm, "engine_stats") else {}
+    if not stats:
+        return {}
+    cache = stats.get("prefix_cache", {})
+    return {"prompt_tokens": stats.get("prompt_tokens"), "cached_tokens": stats.get("cached_tokens"),
+            "prefill_tokens": stats.get("prefill_tokens"), "generated_tokens": stats.get("generated_tokens"),
+            "mean_rows_per_step": stats.get("mean_rows_per_step"), "prefix_cache_evicted": cache.get("evicted_blocks", cache.get("evicted"))}
+
+
+def _append_run_log(out: Path, episodes: int, seconds: float, backend, engine: dict | None = None,
+                    load: float = 0.0) -> list[dict]:
     path = out / "runs.json"
     runs = read_json(path) if path.exists() else []
     if episodes:
         runs.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "episodes": episodes,
-                     "seconds": round(seconds, 2), "backend": backend})
+                     "seconds": round(seconds, 2), "backend": backend, "mean_load_average": round(load, 2),
+                     **({"engine": engine} if engine else {})})
         atomic_write_json(path, runs)
     return runs
 
