@@ -131,7 +131,8 @@ def source_folders(model: str, work: Path, say) -> tuple[Path, bool]:
     return hf, True
 
 
-def ensure_artifacts(hf: Path, work: Path, names: list[str], random: bool, threads: int, say) -> dict[str, Any]:
+def ensure_artifacts(hf: Path, work: Path, names: list[str], random: bool, threads: int, say,
+                     exporter: str = "auto") -> dict[str, Any]:
     """Build what is missing (cached under WORK); returns name -> folder or {"error": ...}."""
     from slmkit.errors import SlmkitError
     from slmkit.export.genai import build_genai
@@ -148,7 +149,7 @@ def ensure_artifacts(hf: Path, work: Path, names: list[str], random: bool, threa
         t0 = time.perf_counter()
         try:
             if name in OURS:  # real weights: the exporter's parity gate is on; random weights: off
-                export_onnx(hf, folder, int8=name.endswith("int8"), parity=not random)
+                export_onnx(hf, folder, int8=name.endswith("int8"), parity=not random, exporter=exporter)
             elif name in GENAI:
                 build_genai(hf, folder, name.split("-")[1], threads=threads)
             elif name == "optimum-fp32":
@@ -297,7 +298,7 @@ def time_pair(folder: Path, runtime: str, prompt_tokens: int, new_tokens: int, r
 
 def race(model: str, out_dir: Path, work: Path | None = None, threads: int = 2, prompt_tokens: int = 128,
          new_tokens: int = 32, repeats: int = 3, rounds: int = 2, greedy_tokens: int = 48,
-         pairs: tuple = PAIRS, say=print, tag: str = "") -> dict[str, Any]:
+         pairs: tuple = PAIRS, say=print, tag: str = "", exporter: str = "auto") -> dict[str, Any]:
     from slmkit.paths import atomic_write_json, atomic_write_text, cache_dir
 
     started = time.time()
@@ -305,7 +306,7 @@ def race(model: str, out_dir: Path, work: Path | None = None, threads: int = 2, 
     work.mkdir(parents=True, exist_ok=True)
     hf, random = source_folders(model, work, say)
     names = list(dict.fromkeys(a for a, _ in pairs))
-    folders = ensure_artifacts(hf, work, names, random, threads, say)
+    folders = ensure_artifacts(hf, work, names, random, threads, say, exporter)
     batches, ref, prompt, tok = reference(hf, say)
     from slmkit.serve.base import Runtime
 
@@ -455,11 +456,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--pairs", default="all", help="comma list of ARTIFACT@RUNTIME (default: all)")
     p.add_argument("--tag", default="", help="suffix of the output files (onnx-interop-MODEL-TAG.*)")
+    p.add_argument("--exporter", default="auto", help="our exporter: auto (dynamo), dynamo or torchscript (faster to build)")
     args = p.parse_args(argv)
     pairs = PAIRS if args.pairs == "all" else tuple(tuple(x.split("@")) for x in args.pairs.split(","))
     report = race(args.model, Path(args.out), Path(args.work) if args.work else None, args.threads,
                   args.prompt_tokens, args.new_tokens, args.repeats, args.rounds, pairs=pairs,
-                  say=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True), tag=args.tag)
+                  say=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True), tag=args.tag, exporter=args.exporter)
     print(markdown(report))
     return 0
 
