@@ -26,7 +26,9 @@ def tiny_model(tmp_path_factory, tiny_tokenizer_dir):
     from slmkit.model.transformer import Transformer
 
     tok = load_tokenizer(tiny_tokenizer_dir)
-    cfg = ModelConfig.from_preset("nano", vocab_size=512, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+    # a 4k window: few-shot prompts in this tiny tokenizer run to ~2.5k tokens, and scoring refuses what does not fit
+    cfg = ModelConfig.from_preset("nano", vocab_size=512, max_seq_len=4096, eos_token_id=tok.eos_token_id,
+                                  bos_token_id=tok.eos_token_id)
     torch.manual_seed(1)
     out = tmp_path_factory.mktemp("deploy") / "model"
     export_hf(Transformer(cfg).eval(), out, tiny_tokenizer_dir)
@@ -191,3 +193,23 @@ def test_type_bounds_parse_to_exporter_bounds():
         parse_type_bounds(["min_top1=0.7"])
     with pytest.raises(SlmkitError, match="KEY one of"):
         parse_type_bounds(["q4_0:top=0.7"])
+
+
+def test_budget_mode_pilots_plans_and_states_its_precision(tiny_model, tmp_path, data_dir, capsys):
+    from slmkit.deploy import budget
+
+    out = tmp_path / "run"
+    assert deploy_main(["deploy", str(tiny_model), "--types", "torch", "--tasks", "arc_easy,piqa", "--budget-minutes", "4",
+                        "--no-latency", "--out", str(out), "--bootstrap", "200"]) == 0
+    state = json.loads((out / "state.json").read_text())
+    plan = state["plan"]
+    assert plan["mode"] == "budget" and plan["pilot_limit"] == 1
+    assert {c["name"] for c in plan["costs"]} == {"ARC-Easy", "PIQA"}
+    assert all(c["leaf_sizes"] == [{"ARC-Easy": 2376, "PIQA": 1838}[c["name"]]] for c in plan["costs"])
+    assert plan["precision"]["planned_seconds"] <= max(plan["left_for_plan_s"], 0) + 1e-6
+    for task, row in plan["precision"]["tasks"].items():
+        assert row["limit"] == plan["limits"][task] >= 1
+        assert row["half_width"] == pytest.approx(budget.half_width(row["documents"]), abs=0.01)
+        assert state["evals"]["torch"][task]["limit"] == row["limit"]  # the run used the planned limits
+    md = (out / "report.md").read_text()
+    assert "## Budget: 4 min" in md and "worst-case ±95%" in md
