@@ -256,21 +256,51 @@ def test_pages_of_ten_next_prev_and_back_to_search(text_env):
 
 # --- the 6,400-character window -----------------------------------------------------------------------
 
-def test_context_keeps_the_prompt_and_the_last_chars_as_react(react_env):
+def _notebook_calls(env, task, outputs: list[str]) -> list[str]:
+    """The text of every model call WebShop.ipynb's `webshop_run` makes for these model outputs (its string
+    construction re-implemented line by line; its 15th call, whose action is never run, left out)."""
+    init_prompt, prompt, action, calls = load_prompt(), "", "reset", []
+    for i in range(15):
+        if i == 0:
+            observation, done = env.reset(task), False
+        else:
+            res = env.step(action)
+            observation, done = res.observation, res.done
+        if action.startswith("think"):
+            observation = "OK."
+        prompt += f" {action}\nObservation: {observation}\n\nAction:" if i else f"{observation}\n\nAction:"
+        if done or i == 14:
+            return calls
+        calls.append(init_prompt + prompt[-(6400 - len(init_prompt)):])
+        action = outputs[i].lstrip(" ")
+    return calls
+
+
+def test_the_loop_sends_reacts_6400_char_window(react_env, tiny_tokenizer_dir):
+    """Every model call of a real loop episode is the notebook's `init_prompt + prompt[-(6400-len(init_prompt)):]`:
+    the 1-shot prompt whole, the start page inside the window (it scrolls away like everything else)."""
+    from agentkit import ScriptedLLM
+
+    from slmkit.agents.react import Sampling, run_episodes
+    from slmkit.model.tokenizer import load_tokenizer
+
     env, fmt = react_env
     task = env.tasks()[2]
-    text = fmt.prompt(task, env.reset(task))
-    for i in range(1, 15):
-        action = "search[hair treatment 60 capsules]" if i == 1 else f"think[{'x' * 600} {i}]"
-        obs = env.step(action).observation
-        text += fmt.turn(i) + f" {action}" + fmt.observation(i, obs)
-    text += fmt.turn(15)
-    init_prompt = load_prompt()
-    prompt = text[len(init_prompt):]
-    react_view = init_prompt + prompt[-(6400 - len(init_prompt)):]  # WebShop.ipynb, webshop_run
-    assert len(text) > 9000 and fmt.context(text) == react_view and len(react_view) == 6400
-    short = fmt.prompt(task, env.reset(task)) + fmt.turn(1)
-    assert fmt.context(short) == short
+    outputs = [" search[hair treatment 60 capsules]"] + [f" think[{'x' * 600} {i}]" for i in range(2, 15)]
+    seen: list[str] = []
+
+    def policy(key, step, followup, prompt):
+        seen.append(prompt)
+        return outputs[len(seen) - 1]
+
+    [record] = run_episodes(env, fmt, [task], ScriptedLLM(load_tokenizer(tiny_tokenizer_dir), policy),
+                            Sampling(max_new_tokens=4000), parallel=1)
+    first_page = record["first_observation"]
+    reference = _notebook_calls(env.spawn(), task, outputs)
+    assert len(seen) == len(reference) == 14 and seen == reference
+    assert len(seen[-1]) == 6400 and not seen[-1].startswith(load_prompt() + first_page)  # the start page scrolled away
+    assert seen[0] == load_prompt() + first_page + "\n\nAction:"
+    assert [p["kind"] for p in record["pieces"][:3]] == ["prompt", "observation", "turn"]
 
 
 def test_format_parses_like_react():

@@ -4,6 +4,7 @@ The ReAct loop (slmkit.agents.react) is the same for every benchmark; what diffe
 out and how model text becomes an action. An environment therefore comes with a `ReactFormat`:
 
     text  = fmt.prompt(task, first_observation)          # instruction + few-shot + the task
+    text += fmt.opening(task, first_observation)         # '' unless the first observation may scroll away
     loop i = 1..fmt.max_steps:
         text += fmt.turn(i)                               # e.g. "Thought 1:" or ">"
         out   = model(text, stop=fmt.stops(i))            # greedy by default
@@ -17,7 +18,8 @@ model text kept as generated ids where they agree with `move.text`), and runs ma
 the environment can `spawn()` independent copies. A move with `action=None` becomes the observation
 `Invalid action: {move.malformed}` without calling the environment; an environment that marks
 `StepResult.info["invalid"]` (with an optional `info["reason"]`) is counted as an invalid action too.
-`max_context_chars` cuts the text after the `prompt()` piece to its last N characters in every request.
+`max_context_chars` cuts the text after the `prompt()` piece (so `opening()` and everything after it) to its
+last N characters in every request; the `prompt()` piece is sent whole, as its keys/values stay cached.
 
 Environments never see model internals and never import serve: the loop owns the model.
 """
@@ -107,6 +109,11 @@ class ReactFormat:
 
     def prompt(self, task: Task, first_observation: str) -> str:
         raise NotImplementedError
+
+    def opening(self, task: Task, first_observation: str) -> str:
+        """Text fed right after `prompt()`, as the first observation piece: the part of the episode's start
+        that lies inside the `max_context_chars` window (WebShop: the start page). Default: nothing."""
+        return ""
 
     def turn(self, i: int) -> str:
         raise NotImplementedError

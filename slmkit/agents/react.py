@@ -6,7 +6,8 @@ Each episode is a coroutine: it yields a `GenRequest` whenever it needs the mode
 same coroutine one episode at a time on `NaiveLLM` (full re-prefill per call): the reference the fast
 path must match token for token.
 
-Per step i (see agents.base): feed `fmt.turn(i)`, generate with `fmt.stops(i)`, `fmt.parse`; when the move
+The trajectory starts with `fmt.prompt(task, first)` (the fixed piece) and `fmt.opening(task, first)` (the
+first observation when the format keeps it out of the fixed piece). Per step i (see agents.base): feed `fmt.turn(i)`, generate with `fmt.stops(i)`, `fmt.parse`; when the move
 asks for a follow-up (ReAct: no `Action i:` line), keep the move's text, feed `move.followup`, generate with
 `move.followup_stop` and combine with `fmt.followup`; run the action (None → an `Invalid action` observation,
 the env is not called); feed `fmt.observation(i, obs)`. After `fmt.max_steps` steps `fmt.forced_final`
@@ -81,6 +82,7 @@ def episode(env: Environment, fmt: ReactFormat, task: Task, llm: AgentLLM, sampl
     try:
         first = env.reset(task)
         traj.feed(fmt.prompt(task, first), "prompt")
+        traj.feed(fmt.opening(task, first), "observation")  # inside the context window (WebShop: the start page)
         record["first_observation"] = first
         done = False
         i = 0

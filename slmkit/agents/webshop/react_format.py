@@ -5,7 +5,9 @@ up to "\\n", left-stripped of spaces, is the action, kept as " {action}"; the en
 "\\nObservation: {obs}". ReAct's loop runs `for i in range(15)` with step 0 the reset, so 14 model actions
 reach the shop (a 15th model call is made and never executed: it cannot change a reward, so it is not made
 here). Before every model call ReAct keeps the prompt whole and only the last `6400 - len(prompt1)` chars
-of what follows (`init_prompt + prompt[-(6400-len(init_prompt)):]`): `context(text)` does exactly that.
+of what follows (`init_prompt + prompt[-(6400-len(init_prompt)):]`, where `prompt` starts with the start
+page): so `prompt()` is the 1-shot prompt alone (the loop's fixed piece), `opening()` is the start page (the
+first piece inside the window) and `max_context_chars = 6400 - len(prompt1)` is the loop's window.
 """
 
 from __future__ import annotations
@@ -32,18 +34,17 @@ class WebShopReactFormat(ReactFormat):
 
     def __init__(self, prompt: str | None = None):
         self.few_shot = load_prompt() if prompt is None else prompt
-        # the budget for the text after the few-shot prefix (the loop may keep the prefix's KV as is)
+        # the window for the text after the few-shot prefix (the loop keeps the prefix's KV as is)
         self.max_context_chars = CONTEXT_CHARS - len(self.few_shot)
+        if self.max_context_chars <= 0:
+            raise SlmkitError(f"webshop: the 1-shot prompt has {len(self.few_shot)} characters, no room in ReAct's "
+                              f"{CONTEXT_CHARS}-character window")
 
     def prompt(self, task: Task, first_observation: str) -> str:
-        return self.few_shot + first_observation
+        return self.few_shot
 
-    def context(self, text: str) -> str:
-        """What the model is given for the trajectory `text` (which starts with `prompt()`'s output)."""
-        if not text.startswith(self.few_shot):
-            raise SlmkitError("webshop: trajectory does not start with the few-shot prompt")
-        rest = text[len(self.few_shot):]
-        return self.few_shot + rest[-self.max_context_chars:]
+    def opening(self, task: Task, first_observation: str) -> str:
+        return first_observation
 
     def turn(self, i: int) -> str:
         return "\n\nAction:"
