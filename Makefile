@@ -8,7 +8,7 @@ STAMP := $(VENV)/.slmkit-installed
 TORCH := torch==2.13.0
 EXTRAS ?= all
 
-.PHONY: install demo test test-fast clean
+.PHONY: install browser demo test test-fast clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/slmkit demo
 
-test: $(STAMP)
+# Debian's chromium for the UI's browser test (Playwright drives it; its own browser download cannot run here)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: $(STAMP)

@@ -17,6 +17,7 @@ STAGES = [
     "slmkit.export.cli",     # export hf|gguf|onnx
     "slmkit.hub.cli",        # models pull|list
     "slmkit.serve.cli",      # generate
+    "slmkit.app.cli",        # serve api|ui
     "slmkit.evaluate.cli",   # eval, eval compare
     "slmkit.agents.cli",     # agent run|show
     "slmkit.bench.cli",      # bench latency|shapes

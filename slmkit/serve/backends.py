@@ -16,6 +16,8 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "llama.cpp": ("slmkit.serve.llamacpp_backend:LlamaCppRuntime", "a GGUF file through llama-cpp-python, in-process"),
     "onnxruntime": ("slmkit.serve.onnx_backend:OnnxRuntime", "an ONNX decoder folder through ONNX Runtime"),
     "vllm": ("slmkit.serve.vllm_backend:VllmRuntime", "vLLM on an NVIDIA GPU (HF folder)"),
+    "remote": ("slmkit.serve.remote_backend:RemoteRuntime",
+               "any OpenAI-compatible server over HTTP (vLLM, llama.cpp, Ollama, slmkit serve api)"),
 }
 ALIASES: dict[str, str] = {
     "hf": "torch", "native": "torch",
@@ -42,8 +44,10 @@ def canonical(name: str, known: dict | None = None, what: str = "backend") -> st
 
 
 def detect(path: str | Path) -> str:
-    """The backend an artifact runs on by default: *.gguf → llama.cpp, a folder with model.onnx →
-    onnxruntime, anything else (slmkit checkpoint or HF folder) → torch."""
+    """The backend an artifact runs on by default: an http(s) URL → remote, *.gguf → llama.cpp, a folder with
+    model.onnx → onnxruntime, anything else (slmkit checkpoint or HF folder) → torch."""
+    if str(path).startswith(("http://", "https://")):
+        return "remote"
     path = Path(path)
     if path.suffix == ".gguf":
         return "llama.cpp"
