@@ -74,7 +74,12 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="docs per task for the full comparison (default: all)")
     ap.add_argument("--ours-batch", type=int, default=64, help="contexts our engine packs (max_batch)")
     ap.add_argument("--stock-batch", type=int, default=None, help="skip the sweep and use this stock batch size")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's)")
     args = ap.parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from slmkit.hub import pull
     from slmkit.paths import atomic_write_json, atomic_write_text
@@ -82,7 +87,8 @@ def main(argv=None) -> int:
     model = Path(pull("smollm2-135m-instruct")["hf_dir"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    res: dict = {"model": "SmolLM2-135M-Instruct fp32", "limit": args.limit, "sweep_limit": args.sweep_limit}
+    res: dict = {"model": "SmolLM2-135M-Instruct fp32", "limit": args.limit, "sweep_limit": args.sweep_limit,
+                 "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory(prefix="fidelity-") as tmp:
         tmp = Path(tmp)
         if args.stock_batch is None:
@@ -105,7 +111,8 @@ def main(argv=None) -> int:
     ag = res["agreement"]
     lines = ["# Evaluation fidelity and speed: slmkit torch engine vs stock `lm_eval --model hf`", "",
              f"SmolLM2-135M-Instruct fp32, ARC-Easy (0-shot, acc) + PIQA (0-shot, acc_norm), "
-             f"{'all documents' if args.limit is None else f'{args.limit} documents per task'}, local data, one run, 2 shared cores.", ""]
+             f"{'all documents' if args.limit is None else f'{args.limit} documents per task'}, local data, one run, "
+             f"{res['threads']} torch thread(s) for both, 2 cores shared with other jobs (load below).", ""]
     if "stock_sweep" in res:
         lines += [f"Stock batch-size sweep ({args.sweep_limit} docs per task):", "", "| batch | wall s | load |", "|---|---|---|"]
         lines += [f"| {b} | {v['wall_s']} | {v['load_start']} → {v['load_end']} |" for b, v in res["stock_sweep"].items()]

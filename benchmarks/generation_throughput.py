@@ -106,21 +106,24 @@ def closed_loop(n_clients: int, n_requests: int, call) -> tuple[float, list[dict
             rec.setdefault("latency_s", time.perf_counter() - t0)
             records[i] = rec
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     threads = [threading.Thread(target=client) for _ in range(n_clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return time.perf_counter() - t0, records
+    return (time.perf_counter() - t0, time.process_time() - c0), records
 
 
-def summary(wall: float, records: list[dict]) -> dict:
+def summary(times: tuple[float, float], records: list[dict]) -> dict:
+    """tokens/s by the wall clock and per CPU second of this process (all its threads), latencies."""
+    wall, cpu = times
     tokens = sum(len(r["ids"]) for r in records)
     lat = sorted(r["latency_s"] for r in records)
     ttft = sorted(r["ttft_s"] for r in records if r.get("ttft_s"))
     pick = lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))] if xs else None  # noqa: E731
-    return {"wall_s": round(wall, 2), "tokens": tokens, "tok_s": round(tokens / wall, 2),
+    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "tokens": tokens, "tok_s": round(tokens / wall, 2),
+            "tok_per_cpu_s": round(tokens / cpu, 2) if cpu > 0 else None, "load": round(os.getloadavg()[0], 1),
             "latency_p50_s": round(pick(lat, 0.5), 2), "latency_p95_s": round(pick(lat, 0.95), 2),
             "ttft_p50_s": round(pick(ttft, 0.5), 3) if ttft else None}
 
@@ -134,8 +137,8 @@ def run_engine(runtime, prompts, c: int, n: int, max_new: int) -> dict:
         def call(i):
             res = engine.submit(Request(prompts[i], SamplingParams(max_new_tokens=max_new))).result()
             return {"ids": res.token_ids, "latency_s": res.total_s, "ttft_s": res.first_token_s}
-        wall, recs = closed_loop(c, n, call)
-        out = summary(wall, recs)
+        times, recs = closed_loop(c, n, call)
+        out = summary(times, recs)
         st = engine.stats()
         out["mean_rows_per_step"] = st["mean_rows_per_step"]
         return out | {"outputs": [r["ids"] for r in recs]}
@@ -143,10 +146,22 @@ def run_engine(runtime, prompts, c: int, n: int, max_new: int) -> dict:
         engine.close()
 
 
-def run_serial(runtime, prompts, n: int, max_new: int) -> dict:
+def run_serial(runtime, prompts, n: int, max_new: int, outputs_only: bool = False):
+    """One request at a time through the runtime's own single-stream loop (outputs_only: the greedy
+    continuations of the first n prompts, untimed: the reference the others are compared with)."""
     from slmkit.serve.base import SamplingParams
 
     eos = runtime.eos_ids
+    if outputs_only:
+        out = []
+        for p in prompts[:n]:
+            ids = []
+            for t in runtime.generate_ids(p, SamplingParams(max_new_tokens=max_new)):
+                ids.append(int(t))
+                if t in eos:
+                    break
+            out.append(ids)
+        return out
 
     def call(i):
         t0, ids, first = time.perf_counter(), [], None
@@ -156,8 +171,8 @@ def run_serial(runtime, prompts, n: int, max_new: int) -> dict:
             if t in eos:
                 break
         return {"ids": ids, "ttft_s": first}
-    wall, recs = closed_loop(1, n, call)
-    return summary(wall, recs) | {"outputs": [r["ids"] for r in recs]}
+    times, recs = closed_loop(1, n, call)
+    return summary(times, recs) | {"outputs": [r["ids"] for r in recs]}
 
 
 # ---- (b) the static generate_batch of an older commit, in a subprocess ------------------------------------
@@ -171,7 +186,7 @@ def static_worker(args) -> int:
     out = {}
     for c in job["concurrency"]:
         prompts = job["prompts"][:job["n"][str(c)]]
-        recs, t0 = [], time.perf_counter()
+        recs, t0, cpu0 = [], time.perf_counter(), time.process_time()
         for start in range(0, len(prompts), c):
             chunk = prompts[start:start + c]
             c0 = time.perf_counter()
@@ -179,8 +194,8 @@ def static_worker(args) -> int:
                 rt.generate_batch([p], job["max_new"])[0] for p in chunk]
             done = time.perf_counter() - c0
             recs += [{"ids": t, "latency_s": done} for t in toks]
-        wall = time.perf_counter() - t0
-        out[str(c)] = summary(wall, recs) | {"outputs": [r["ids"] for r in recs]}
+        times = (time.perf_counter() - t0, time.process_time() - cpu0)
+        out[str(c)] = summary(times, recs) | {"outputs": [r["ids"] for r in recs]}
         print(f"  static c={c}: {out[str(c)]['tok_s']} tok/s", flush=True)
     Path(job["result"]).write_text(json.dumps(out))
     rt.close()
@@ -241,8 +256,8 @@ def run_server(gguf: Path, tokenizer, prompts, sizes: dict, max_new: int) -> dic
             return {"ids": [0] * int(out["usage"]["completion_tokens"]), "text": out["choices"][0]["text"]}
         out = {}
         for c, n in sizes.items():
-            wall, recs = closed_loop(c, n, call)
-            out[str(c)] = summary(wall, recs)
+            times, recs = closed_loop(c, n, call)
+            out[str(c)] = summary(times, recs)  # (the CPU time is the client's; the server is another process)
             print(f"  server c={c}: {out[str(c)]['tok_s']} tok/s", flush=True)
         return out
     finally:
@@ -326,14 +341,16 @@ def write_report(out_dir: Path, res: dict) -> None:
              f"GFLOP/s, {res['flop_per_token'] / 1e9:.3f} GFLOP per generated token → compute bound "
              f"**{res['compute_bound_tok_s']:.0f} tok/s**.", ""]
     for backend, b in res["backends"].items():
-        lines += [f"## {backend}", "", f"one request at a time: **{b['serial']['tok_s']} tok/s** "
-                  f"(p50 latency {b['serial']['latency_p50_s']} s)", "",
-                  "| concurrency | engine tok/s | × one-at-a-time | × static batch | % of compute bound | p50 / p95 latency s | p50 TTFT s | rows/step | static tok/s | server tok/s | same greedy text as one-at-a-time |",
+        lines += [f"## {backend}", "", f"one request at a time (measured just before each concurrency, median): "
+                  f"**{b['serial']['tok_s']} tok/s**, {b['serial']['tok_per_cpu_s']} tok per CPU second, p50 latency "
+                  f"{b['serial']['latency_p50_s']} s", "",
+                  "| concurrency | engine tok/s (load) | × one-at-a-time (wall / CPU) | × static batch | % of compute bound | p50 / p95 latency s | p50 TTFT s | rows/step | static tok/s | server tok/s | same greedy text as one-at-a-time |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for c, e in b["engine"].items():
             st = b.get("static", {}).get(c) if isinstance(b.get("static"), dict) else None
             sv = b.get("server", {}).get(c) if isinstance(b.get("server"), dict) else None
-            lines.append(f"| {c} | {e['tok_s']} | {e['tok_s'] / b['serial']['tok_s']:.2f}× | "
+            cpu_ratio = e["tok_per_cpu_s"] / e["serial_tok_per_cpu_s"] if e.get("serial_tok_per_cpu_s") else float("nan")
+            lines.append(f"| {c} | {e['tok_s']} ({e['load']}) | {e['tok_s'] / e['serial_tok_s']:.2f}× / {cpu_ratio:.2f}× | "
                          f"{(e['tok_s'] / st['tok_s']) if st else float('nan'):.2f}× | "
                          f"{100 * e['tok_s'] / res['compute_bound_tok_s']:.0f}% | {e['latency_p50_s']} / {e['latency_p95_s']} | "
                          f"{e['ttft_p50_s']} | {e['mean_rows_per_step']} | {st['tok_s'] if st else '–'} | "
@@ -367,7 +384,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--requests-per-slot", type=int, default=2)
     ap.add_argument("--min-requests", type=int, default=8)
-    ap.add_argument("--serial-requests", type=int, default=8, help="requests timed one at a time")
+    ap.add_argument("--serial-requests", type=int, default=4,
+                    help="requests timed one at a time (before each concurrency)")
+    ap.add_argument("--compare-requests", type=int, default=16, help="greedy outputs compared with one-at-a-time")
     ap.add_argument("--static-rev", default=STATIC_REV)
     ap.add_argument("--no-static", action="store_true")
     ap.add_argument("--no-server", action="store_true")
@@ -410,17 +429,22 @@ def main(argv=None) -> int:
         prompts = load_prompts(rt.tokenizer, n_total)
         if name == "torch":
             res["prompts"], res["mean_prompt_tokens"] = n_total, statistics.mean(len(p) for p in prompts)
-        print(f"{label}: one request at a time ({args.serial_requests} requests)", flush=True)
-        b: dict = {"serial": run_serial(rt, prompts, args.serial_requests, args.max_new_tokens), "engine": {}}
-        ref = b["serial"].pop("outputs")
-        print(f"  {b['serial']['tok_s']} tok/s", flush=True)
-        for c in conc:
+        b: dict = {"serial_runs": [], "engine": {}}
+        ref_all = run_serial(rt, prompts, args.compare_requests, args.max_new_tokens, outputs_only=True)
+        for c in conc:  # one-at-a-time before each concurrency: the load drifts, neighbours compare fairly
+            sr = run_serial(rt, prompts, args.serial_requests, args.max_new_tokens)
+            sr.pop("outputs")
+            b["serial_runs"].append(sr)
             e = run_engine(rt, prompts, c, sizes[c], args.max_new_tokens)
             outs = e.pop("outputs")
-            s, k = same(outs, ref)
+            s, k = same(outs, ref_all)
             e["same_as_serial"] = f"{s}/{k}"
+            e["serial_tok_s"], e["serial_tok_per_cpu_s"] = sr["tok_s"], sr["tok_per_cpu_s"]
             b["engine"][str(c)] = e
-            print(f"  engine c={c}: {e['tok_s']} tok/s ({e['mean_rows_per_step']} rows/step), same text {s}/{k}", flush=True)
+            print(f"  one-at-a-time {sr['tok_s']} tok/s ({sr['tok_per_cpu_s']} per CPU s); engine c={c}: {e['tok_s']} tok/s "
+                  f"({e['tok_per_cpu_s']} per CPU s, {e['mean_rows_per_step']} rows/step), same text {s}/{k}", flush=True)
+        b["serial"] = {k: statistics.median(r[k] for r in b["serial_runs"]) for k in ("tok_s", "tok_per_cpu_s", "latency_p50_s")}
+        ref = ref_all
         if name == "torch":
             mean_ctx = res["mean_prompt_tokens"] + args.max_new_tokens / 2
             res["flop_per_token"] = flop_per_token(rt.cfg, mean_ctx)

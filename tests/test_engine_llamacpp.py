@@ -105,3 +105,24 @@ def test_llamacpp_trajectory_and_context_growth(rt):
     finally:
         engine.close()
         wide.close()
+
+
+def test_llamacpp_engine_scoring_equals_full_logits(rt):
+    """Contexts packed per decode call, continuations in spare streams after a copy of their context."""
+    from slmkit.serve.base import Runtime
+
+    rng = np.random.default_rng(11)
+    shared = rng.integers(3, 500, 40).tolist()
+    reqs = []
+    for _ in range(12):
+        ctx = (shared[:rng.integers(1, 40)] if rng.random() < 0.5 else []) + rng.integers(3, 500, rng.integers(1, 20)).tolist()
+        reqs += [(ctx, rng.integers(3, 500, rng.integers(1, 9)).tolist()) for _ in range(rng.integers(1, 12))]
+    naive = Runtime.loglikelihood(rt, reqs)
+    for options in (dict(max_batch=3, max_step_tokens=6), dict(max_batch=16, max_step_tokens=256)):
+        engine = Engine.for_runtime(rt, **options)
+        try:
+            got = engine.loglikelihood(reqs)
+        finally:
+            engine.close()
+        for (a, ga), (b, gb) in zip(got, naive):
+            assert a == pytest.approx(b, abs=2e-3) and ga == gb

@@ -184,8 +184,8 @@ class TorchLM(SlmkitLM):
 
 
 class RuntimeLM(SlmkitLM):
-    """Any slmkit.serve runtime: scoring through `Runtime.loglikelihood`, generation on the runtime's engine
-    (`batch_size` sequences together, default 32; 1 = one prompt at a time)."""
+    """Any slmkit.serve runtime: scoring and generation on the runtime's engine (`batch_size` sequences
+    together, default 32; 1 = one prompt at a time; ONNX Runtime keeps its own loops behind it)."""
 
     serve_backend = ""
 
@@ -202,14 +202,9 @@ class RuntimeLM(SlmkitLM):
         super().__init__(tok, int(limit), bs, pretrained)
 
     def _score(self, pairs, progress):
-        out = []
-        step = 64
         keep = self.max_length + 1  # as lm-eval's hf model: the last max_length+1 tokens of ctx+cont
-        for i in range(0, len(pairs), step):
-            chunk = [(list(c)[max(0, len(c) + len(t) - keep):], list(t)) for c, t in pairs[i:i + step]]
-            out.extend((float(lp), bool(g)) for lp, g in self.runtime.loglikelihood(chunk))
-            progress(len(chunk))
-        return out
+        pairs = [(list(c)[max(0, len(c) + len(t) - keep):], list(t)) for c, t in pairs]
+        return [(float(lp), bool(g)) for lp, g in self.engine().loglikelihood(pairs, progress=progress)]
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):

@@ -1,10 +1,9 @@
 """llama.cpp backend: a GGUF served in-process through llama-cpp-python.
 
 Single-stream generation runs llama.cpp's own eval + sampler loop (`Llama.generate`), so it costs what
-raw llama-cpp-python costs; batched generation (`generate_batch`, the engine) runs parallel sequences in
-a second context on the same weights (slmkit.serve.engine.llamacpp_exec). `logits` and `loglikelihood` fill llama.cpp batches directly, asking for
-logits only where they are needed and keeping the KV cache of the longest shared prefix between
-calls (requests are sorted by context, so a shared context is evaluated once).
+raw llama-cpp-python costs; `logits` fills llama.cpp batches directly. Batched generation
+(`generate_batch`) and scoring (`loglikelihood`) run on the engine: parallel sequences in a second
+context on the same weights (slmkit.serve.engine.llamacpp_exec).
 The file's header is parsed and bounds-checked first (slmkit.formats.gguf.open_gguf): a truncated or
 corrupt file must give an SlmkitError, never a crash inside llama.cpp.
 """
@@ -20,7 +19,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from slmkit.errors import SlmkitError
-from slmkit.serve.base import Runtime, SamplingParams, common_prefix, log_softmax
+from slmkit.serve.base import Runtime, SamplingParams
 
 GGML_TYPE_F32 = 0
 EXTRA_BUFTS_ENV = "SLMKIT_LLAMA_EXTRA_BUFTS"
@@ -160,9 +159,6 @@ class LlamaCppRuntime(Runtime):
             pass
 
     # ---- KV cache bookkeeping (kept in llama_cpp.Llama's own fields so its generate() reuses it) ---
-    def _cached(self) -> np.ndarray:
-        return self._llm.input_ids[: self._llm.n_tokens]
-
     def _rewind(self, keep: int) -> None:
         llm = self._llm
         if keep < llm.n_tokens:
@@ -217,27 +213,12 @@ class LlamaCppRuntime(Runtime):
         return self._decode(ids, 0)
 
     def loglikelihood(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[tuple[float, bool]]:
-        """Sum log p(continuation | context) and greedy flag; contexts shared between requests are evaluated once."""
-        reqs = [([int(t) for t in c], [int(t) for t in x]) for c, x in requests]
-        results: list[tuple[float, bool] | None] = [None] * len(reqs)
-        for idx in sorted(range(len(reqs)), key=lambda i: reqs[i][0] + reqs[i][1]):
-            ctx, cont = reqs[idx]
-            if not cont:
-                results[idx] = (0.0, True)
-                continue
-            if not ctx:
+        """Sum log p(continuation | context) and greedy flag per request, on the engine: many contexts per
+        decode call, each context once (shared prefixes from the prefix cache), continuations after it."""
+        for idx, (ctx, cont) in enumerate(requests):
+            if cont and not ctx:
                 raise SlmkitError(f"{self.path}: loglikelihood request {idx} has an empty context (prepend BOS/EOS)")
-            full = ctx + cont
-            self._check_len(len(full))
-            start = len(ctx) - 1  # first position whose logits we need
-            keep = common_prefix(self._cached(), full[:start])
-            self._rewind(keep)
-            logits = self._decode(full[keep:], start - keep)[: len(cont)]
-            logp = log_softmax(logits)
-            total = float(sum(logp[i, t] for i, t in enumerate(cont)))
-            greedy = bool(all(int(np.argmax(logits[i])) == t for i, t in enumerate(cont)))
-            results[idx] = (total, greedy)
-        return results  # type: ignore[return-value]
+        return self.engine().loglikelihood(requests)
 
     def generate_ids(self, prompt_ids: Sequence[int], params: SamplingParams) -> Iterator[int]:
         ids = [int(t) for t in prompt_ids]

@@ -227,7 +227,10 @@ class Engine:
         """(sum log p(continuation | context), continuation is greedy) per request, in order. Each distinct
         context is computed once (prefix cache included) and its continuations run on its keys/values."""
         if not getattr(self.executor, "scores", False):
-            return self.runtime.loglikelihood(requests)
+            out = self.runtime.loglikelihood(requests)
+            if progress:
+                progress(len(requests))
+            return out
         results, groups = group_by_context(requests, self.runtime.start_id())
         if progress and len(groups) < len(requests):
             progress(len(requests) - sum(len(v) for v in groups.values()))

@@ -6,6 +6,10 @@ Streams, not one unified cache: in a unified cache every token attends over ever
 unified vs 38 s streams, 179 vs 101 ms per decode step; with BBH's shared 3-shot prefix the two are
 within 10 % (prefill 4.7 vs 4.1 s, 49 vs 53 ms per step).
 
+Scoring continuations (read-only children of a context) run in spare streams: the context's stream is
+copied into one (`llama_memory_seq_cp`), the continuation decoded after it, the stream cleared — many
+contexts and their continuations per decode call, the context computed once.
+
 The context is sized for the longest sequence seen so far (cells per stream, rounded up); a request that
 needs more waits until the running ones are done and the context is rebuilt larger. The prefix cache
 keeps finished sequences' states on the host (`llama_state_seq_get_data`) keyed by their tokens; a new
@@ -26,11 +30,12 @@ from slmkit.serve.sampling import common_prefix
 from slmkit.serve.engine.step import ALL, LAST
 
 CELLS_STEP = 256
+KID_STREAMS = 8  # spare streams for scoring continuations, beyond max_batch
 
 
 class LlamaCppExecutor:
     steps = True
-    scores = False
+    scores = True
 
     def __init__(self, runtime, max_batch: int, max_step_tokens: int, prefix_cache_mb: float, block_tokens: int,
                  **_opts) -> None:
@@ -38,6 +43,8 @@ class LlamaCppExecutor:
         self.max_len = int(runtime.n_ctx)
         self.max_batch = int(max_batch)
         self.n_batch = int(max_step_tokens) + self.max_batch
+        # logits rows one decode call may return (llama.cpp keeps at least one per stream)
+        self.n_outputs = max(self.max_batch + KID_STREAMS, min(self.n_batch, 2 * self.max_batch + 1024))
         self.n_vocab = int(runtime.n_vocab)
         self.block_tokens = int(block_tokens) if prefix_cache_mb > 0 else 0
         self.capacity = int(prefix_cache_mb * 2 ** 20)
@@ -56,8 +63,10 @@ class LlamaCppExecutor:
         base = llm.context_params
         for name in ("n_threads", "n_threads_batch", "type_k", "type_v", "flash_attn_type", "offload_kqv"):
             setattr(params, name, getattr(base, name))
-        params.n_ctx, params.n_seq_max, params.kv_unified = self.max_batch * cells, self.max_batch, False
+        streams = self.max_batch + KID_STREAMS
+        params.n_ctx, params.n_seq_max, params.kv_unified = streams * cells, streams, False
         params.n_batch = params.n_ubatch = self.n_batch
+        params.n_outputs_max, params.n_outputs_max_per_seq = self.n_outputs, 0  # per sequence: up to the total
         ctx = lib.llama_init_from_model(llm.model, params)
         if not ctx:
             raise SlmkitError(f"{self.rt.path}: llama.cpp could not make a {self.max_batch}-sequence context of "
@@ -172,30 +181,70 @@ class LlamaCppExecutor:
 
     # ---- one decode call -----------------------------------------------------------------------------
     def run(self, chunks):
+        """Logits [M, vocab] of the rows the chunks ask for, in chunk order: decode calls for the stored
+        chunks, then the scoring children in spare streams (their contexts are in place by then)."""
+        rows: dict[int, list] = {}
+        main = [(i, chunks[i], chunks[i].seq.row) for i, c in enumerate(chunks) if c.store]
+        kids = [i for i, c in enumerate(chunks) if not c.store]
+        self._decode_all(main, rows)
+        lib = self.lib
+        for start in range(0, len(kids), KID_STREAMS):
+            group = [(i, chunks[i], self.max_batch + j) for j, i in enumerate(kids[start:start + KID_STREAMS])]
+            for _, c, stream in group:  # the context's cells, then nothing past them
+                lib.llama_memory_seq_cp(self.mem, c.seq.row, stream, -1, -1)
+                lib.llama_memory_seq_rm(self.mem, stream, c.start, -1)
+            try:
+                self._decode_all(group, rows)
+            finally:
+                for _, _, stream in group:
+                    lib.llama_memory_seq_rm(self.mem, stream, -1, -1)
+        parts = [np.stack(rows[i]) for i in range(len(chunks)) if rows.get(i)]
+        return np.concatenate(parts) if parts else None
+
+    def _decode_all(self, items, rows: dict) -> None:
+        """Decode (chunk index, chunk, stream) items in as few calls as the batch and output limits allow
+        (a chunk may be split across calls; its pieces stay in order)."""
+        call, tokens, outs = [], 0, 0
+        for idx, c, stream in items:
+            at = 0
+            while at < len(c.tokens):
+                take = min(len(c.tokens) - at, self.n_batch - tokens)
+                if c.logits == ALL:
+                    take = min(take, self.n_outputs - outs)
+                if take <= 0:
+                    self._decode(call, rows)
+                    call, tokens, outs = [], 0, 0
+                    continue
+                last = at + take == len(c.tokens)
+                logits = c.logits if c.logits == ALL or last else 0
+                call.append((idx, c.tokens[at:at + take], c.start + at, logits, stream))
+                tokens += take
+                outs += take if logits == ALL else int(logits == LAST)
+                at += take
+        if call:
+            self._decode(call, rows)
+
+    def _decode(self, items, rows: dict) -> None:
+        """One llama_decode of (chunk index, tokens, first position, logits kind, stream) pieces."""
         lib, batch = self.lib, self.batch
         j, want = 0, []
-        for c in chunks:
-            if not c.store:
-                raise SlmkitError("the llama.cpp engine does not score continuations (use Runtime.loglikelihood)")
-            n = len(c.tokens)
-            for i, tok in enumerate(c.tokens):
-                batch.token[j], batch.pos[j], batch.n_seq_id[j] = tok, c.start + i, 1
-                batch.seq_id[j][0] = c.seq.row
-                out = c.logits == ALL or (c.logits == LAST and i == n - 1)
+        for idx, tokens, start, logits, stream in items:
+            n = len(tokens)
+            for i, tok in enumerate(tokens):
+                batch.token[j], batch.pos[j], batch.n_seq_id[j] = tok, start + i, 1
+                batch.seq_id[j][0] = stream
+                out = logits == ALL or (logits == LAST and i == n - 1)
                 batch.logits[j] = out
                 if out:
-                    want.append(j)
+                    want.append((idx, j))
                 j += 1
-        if j > self.n_batch:
-            raise SlmkitError(f"engine step of {j} tokens exceeds the llama.cpp batch of {self.n_batch}")
         batch.n_tokens = j
         rc = lib.llama_decode(self.ctx, batch)
         if rc != 0:
             raise SlmkitError(f"{self.rt.path}: llama_decode failed with code {rc} in an engine step of {j} tokens")
-        out = np.empty((len(want), self.n_vocab), dtype=np.float32)
-        for r, idx in enumerate(want):
-            out[r] = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx, idx), shape=(self.n_vocab,))
-        return out
+        for idx, pos in want:
+            rows.setdefault(idx, []).append(np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx, pos),
+                                                                  shape=(self.n_vocab,)).copy())
 
     @staticmethod
     def argmax(matrix, rows) -> list[int]:
@@ -204,6 +253,16 @@ class LlamaCppExecutor:
     @staticmethod
     def row_numpy(matrix, row: int):
         return matrix[row]
+
+    @staticmethod
+    def logprobs(matrix, rows, targets) -> tuple[list[float], list[bool]]:
+        """log p(target) and whether it is the argmax, per (row, target) pair (log-sum-exp per row)."""
+        sub = matrix[rows]
+        tgt = np.asarray(targets)
+        top = sub.max(-1, keepdims=True)
+        lse = top[:, 0].astype(np.float64) + np.log(np.exp(sub - top).sum(-1, dtype=np.float64))
+        lp = sub[np.arange(len(rows)), tgt].astype(np.float64) - lse
+        return lp.tolist(), (sub.argmax(-1) == tgt).tolist()
 
     def stats(self) -> dict:
         return {"executor": "llama.cpp", "kv_streams": self.max_batch, "kv_cells_per_stream": self.cells,
