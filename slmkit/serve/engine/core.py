@@ -226,6 +226,8 @@ class Engine:
                       progress: Callable[[int], None] | None = None) -> list[tuple[float, bool]]:
         """(sum log p(continuation | context), continuation is greedy) per request, in order. Each distinct
         context is computed once (prefix cache included) and its continuations run on its keys/values."""
+        if self.closed:
+            raise SlmkitError("the engine is closed")
         if not getattr(self.executor, "scores", False):
             out = self.runtime.loglikelihood(requests)
             if progress:
@@ -234,9 +236,7 @@ class Engine:
         results, groups = group_by_context(requests, self.runtime.start_id())
         if progress and len(groups) < len(requests):
             progress(len(requests) - sum(len(v) for v in groups.values()))
-        done = threading.Event()
-        left = [len(groups)]
-        lock = threading.Lock()
+        finished_q: queue.Queue = queue.Queue()  # scored request counts, reported on the caller's thread
         seqs = []
         for ctx in sorted(groups):  # sorted: contexts sharing a prefix adjoin, so the prefix cache serves them
             idxs = groups[ctx]
@@ -251,12 +251,7 @@ class Engine:
             def finished(seq, idxs=idxs):
                 for i, res in zip(idxs, seq.scores):
                     results[i] = res
-                if progress:
-                    progress(len(idxs))
-                with lock:
-                    left[0] -= 1
-                    if left[0] == 0:
-                        done.set()
+                finished_q.put(len(idxs))
             seq.score_done = finished
             seqs.append(seq)
         if not seqs:
@@ -269,10 +264,18 @@ class Engine:
             self._stats["prompt_tokens"] += sum(len(q.prompt) for q in seqs)
             self._ensure_thread()
             self._cv.notify()
-        while not done.wait(0.1):
-            failed = next((s.handle._error for s in seqs if s.handle._error is not None), None)
-            if failed is not None:
-                raise failed
+        left = len(seqs)
+        while left:
+            try:
+                n = finished_q.get(timeout=0.2)
+            except queue.Empty:
+                failed = next((s.handle._error for s in seqs if s.handle._error is not None), None)
+                if failed is not None:
+                    raise failed from None
+                continue
+            left -= 1
+            if progress:
+                progress(n)
         return results  # type: ignore[return-value]
 
     def stats(self) -> dict:
