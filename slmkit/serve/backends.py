@@ -16,6 +16,8 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "llama.cpp": ("slmkit.serve.llamacpp_backend:LlamaCppRuntime", "a GGUF file through llama-cpp-python, in-process"),
     "onnxruntime": ("slmkit.serve.onnx_backend:OnnxRuntime", "an ONNX decoder folder through ONNX Runtime"),
     "vllm": ("slmkit.serve.vllm_backend:VllmRuntime", "vLLM on an NVIDIA GPU (HF folder)"),
+    "ort-genai": ("slmkit.serve.ortgenai_backend:OrtGenaiRuntime",
+                  "a genai_config.json folder through ONNX Runtime GenAI's generator loop"),
     "remote": ("slmkit.serve.remote_backend:RemoteRuntime",
                "any OpenAI-compatible server over HTTP (vLLM, llama.cpp, Ollama, slmkit serve api)"),
 }
@@ -23,6 +25,7 @@ ALIASES: dict[str, str] = {
     "hf": "torch", "native": "torch",
     "gguf": "llama.cpp", "llamacpp": "llama.cpp", "llama_cpp": "llama.cpp",
     "onnx": "onnxruntime", "ort": "onnxruntime",
+    "genai": "ort-genai", "onnxruntime-genai": "ort-genai",
     "hf-stock": "lm-eval-hf",  # evaluation only: lm-eval's own hf model
 }
 _warned: set[str] = set()
@@ -53,4 +56,6 @@ def detect(path: str | Path) -> str:
         return "llama.cpp"
     if path.is_dir() and (path / "model.onnx").exists():
         return "onnxruntime"
+    if path.is_dir() and (path / "genai_config.json").exists():  # a folder built by GenAI's model builder
+        return "ort-genai"
     return "torch"
