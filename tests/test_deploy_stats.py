@@ -194,3 +194,12 @@ def test_pareto_front_and_pick_rule():
     assert pick(menu, "f32", 2.0, tasks)["name"] == "q4"
     got = pick(menu, "f32", 0.1, tasks)
     assert got["name"] == "f32" and "q2" in got["reasons"]
+
+
+def test_too_few_documents_get_no_ci_but_keep_mcnemar():
+    ref, q = [1.0, 0.0, 1.0], [0.0, 0.0, 1.0]
+    out = st.compare_task({"ref": _docs({"t": ref}), "q": _docs({"t": q})}, "ref", iters=500, seed=0)
+    row = out["artifacts"]["q"]
+    assert out["ci"] is False and row["ci"] is None and row["diff_ci"] is None and out["replicates"] == {}
+    assert row["diff"] == pytest.approx(-100 / 3, abs=1e-3) and row["mcnemar_p"] == 1.0  # exact test is valid at any n
+    assert st.compare_average({"t": {"artifacts": {}, "replicates": {}}}, ["ref", "q"], "ref") == {}

@@ -37,6 +37,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--threads", type=int, default=2, help="CPU threads for every runtime (default 2)")
     p.add_argument("--batch-size", type=int, default=None, help="generation batch size for evaluation")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates (default 2000)")
+    p.add_argument("--min-ci-docs", type=int, default=20,
+                   help="fewest documents a task needs for a CI (default 20; fewer: score only, not in the pick)")
     p.add_argument("--no-latency", action="store_true", help="skip the latency bench (no pick is made)")
     p.add_argument("--prompt-tokens", type=int, default=512, help="latency bench prompt length (default 512)")
     p.add_argument("--new-tokens", type=int, default=128, help="latency bench decoded tokens (default 128)")
@@ -63,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
                        agents=args.agents, limit=args.limit, budget_minutes=args.budget_minutes, max_drop=args.max_drop,
                        reference=args.reference, gate_text=args.gate_text, threads=args.threads,
                        batch_size=args.batch_size, pilot_limit=args.pilot_limit, bootstrap=args.bootstrap,
+                       min_ci_docs=args.min_ci_docs,
                        latency=not args.no_latency, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
                        repeats=args.repeats, retry_failed=args.retry_failed, report_only=args.report_only,
                        bounds=parse_type_bounds(args.bound), argv=argv)

@@ -41,6 +41,7 @@ class DeployConfig:
     seed: int = 1234
     pilot_limit: int = 1
     bootstrap: int = 2000
+    min_ci_docs: int = 20
     latency: bool = True
     prompt_tokens: int = 512
     new_tokens: int = 128

@@ -43,9 +43,11 @@ def _docs_for(state, section: str, names: list[str], task: str) -> tuple[dict, d
     return docs, why
 
 
-def task_table(state, section: str, names: list[str], task: str, reference: str, iters: int, seed: int) -> dict:
+def task_table(state, section: str, names: list[str], task: str, reference: str, iters: int, seed: int,
+               min_docs: int = st.MIN_CI_DOCS) -> dict:
     docs, why = _docs_for(state, section, names, task)
-    cmp = st.compare_task(docs, reference if reference in docs else None, iters=iters, seed=seed) if docs else \
+    cmp = st.compare_task(docs, reference if reference in docs else None, iters=iters, seed=seed,
+                          min_docs=min_docs) if docs else \
         {"artifacts": {}, "replicates": {}, "documents": 0, "dropped_documents": 0}
     cells = {}
     for name in names:
@@ -91,11 +93,14 @@ def pick(menu: list[dict], reference: str, max_drop: float, ref_tasks: list[str]
             continue
         if name == reference:
             if not avg:
-                reasons[name] = "no scores"
+                reasons[name] = "no task has enough documents for a CI"
                 continue
             eligible.append(row)
             continue
-        if not avg.get("diff_ci") or sorted(avg.get("diff_tasks") or []) != sorted(ref_tasks):
+        if not avg.get("diff_ci"):
+            reasons[name] = "no paired CI (too few documents)"
+            continue
+        if sorted(avg.get("diff_tasks") or []) != sorted(ref_tasks):
             reasons[name] = "not scored on every task the reference has"
             continue
         if avg["diff_ci"][0] >= -max_drop:
@@ -133,11 +138,12 @@ def state_failures(state, names: list[str], entries, agent_names: list[str]) -> 
 def build_report(state, specs, entries, agent_names: list[str], reference: str, cfg, failures: list[str]) -> dict:
     names = [s.name for s in specs]
     iters, seed = cfg.bootstrap, cfg.seed
-    tasks = {e.name: task_table(state, "evals", names, e.name, reference, iters, seed) for e in entries}
+    min_docs = getattr(cfg, "min_ci_docs", st.MIN_CI_DOCS)
+    tasks = {e.name: task_table(state, "evals", names, e.name, reference, iters, seed, min_docs) for e in entries}
     avg = st.compare_average({t: {"artifacts": {n: c for n, c in r["cells"].items()
                                                 if c.get("status") == "ok" and c.get("ci") is not None},
                                   "replicates": r["replicates"]} for t, r in tasks.items()}, names, reference)
-    agents = {b: task_table(state, "agents", names, b, reference, iters, seed) for b in agent_names}
+    agents = {b: task_table(state, "agents", names, b, reference, iters, seed, min_docs) for b in agent_names}
     menu = []
     for spec in specs:
         art = state.step("artifacts", spec.name) or {"status": "not built"}
@@ -161,7 +167,7 @@ def build_report(state, specs, entries, agent_names: list[str], reference: str, 
     report = {
         "title": f"Deploy report: {Path(state.data['model']).parent.name if Path(state.data['model']).name == 'hf' else Path(state.data['model']).name}",
         "model": state.data["model"], "reference": reference, "max_drop": cfg.max_drop, "confidence": st.CONFIDENCE,
-        "bootstrap_iters": iters, "seed": seed, "suite": cfg.suite, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "bootstrap_iters": iters, "seed": seed, "suite": cfg.suite, "min_ci_docs": min_docs, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "machine": machine, "threads": cfg.threads, "plan": state.data.get("plan"),
         "menu": menu,
         "tasks": {t: {k: v for k, v in r.items() if k != "replicates"} | {"task": e.task, "num_fewshot": e.num_fewshot}
@@ -202,7 +208,8 @@ def _cell(c: dict | None) -> str:
         return "not run"
     if c.get("status") != "ok":
         return f"FAILED: {str(c.get('error'))[:80]}".replace("|", "/")
-    return f"{_n(c.get('score'))}{_ci(c.get('ci'))}" + (" †" if c.get("fallback") else "") + ("" if c.get("ci") else " (no CI)")
+    return f"{_n(c.get('score'))}{_ci(c.get('ci'))}" + (" †" if c.get("fallback") else "") + (
+        "" if c.get("ci") else f" (n={c.get('n')}: no CI)")
 
 
 def _reason(error, path) -> str:
@@ -218,7 +225,8 @@ def _dcell(c: dict | None) -> str:
     if not c or c.get("status") != "ok" or c.get("diff") is None:
         return "—"
     p = c.get("mcnemar_p")
-    return f"{_signed(c['diff'])}{_dci(c.get('diff_ci'))}" + (f" p={p:.3g}" if p is not None else "")
+    return f"{_signed(c['diff'])}{_dci(c.get('diff_ci'))}" + (f" p={p:.3g}" if p is not None else "") + (
+        "" if c.get("diff_ci") else " (no CI)")
 
 
 def pick_sentence(report: dict) -> str:
@@ -345,7 +353,9 @@ def markdown(report: dict) -> str:
               "apply the same draws to both artifacts. McNemar's exact test counts documents one artifact gets right "
               "and the other wrong (pooled over a group's subtasks; shown only where every document weighs the same).",
               "- The average is the unweighted mean of the task scores (Xmodel-2.5's headline); its CI combines the "
-              "tasks' bootstrap replicates.",
+              "tasks' bootstrap replicates. A task with fewer than "
+              f"{report.get('min_ci_docs', st.MIN_CI_DOCS)} documents gets no CI (a bootstrap of so few 0/1 values "
+              "is degenerate) and is left out of the average's CI, the Pareto front and the pick.",
               "- Published rows are full-set numbers from the Xmodel-2.5 release; with a `--limit` ours use the first "
               "documents of each (sub)task and are not directly comparable. † few-shot fallback (see the eval folders).",
               f"- Pick rule: the fastest decode among artifacts whose paired average difference to {ref} has a 95% CI "
@@ -468,7 +478,7 @@ def pareto_png(report: dict) -> bytes:
     if failed:
         note.append("failed: " + ", ".join(failed))
     if missing:
-        note.append("not plotted (no speed or score): " + ", ".join(missing))
+        note.append("not plotted (no decode speed, or no average with a CI yet): " + ", ".join(missing))
     ax.set_xlabel("decode tokens/s (this machine, batch 1)")
     ax.set_ylabel("suite average (%) with 95% CI")
     ax.set_title(report["title"] + ("\n" + "; ".join(note) if note else ""), fontsize=10)

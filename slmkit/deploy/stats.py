@@ -23,6 +23,9 @@ import numpy as np
 
 CONFIDENCE = 0.95
 BOOTSTRAP_ITERS = 2000
+# Below this many documents a percentile bootstrap of a 0/1 metric is degenerate (n = 1 gives [x, x]) or badly
+# under-covers, so no CI is given: the score stands alone and nothing can be shipped on it.
+MIN_CI_DOCS = 20
 
 
 # ---- a task's documents ------------------------------------------------------------------------
@@ -184,24 +187,24 @@ def mcnemar_exact(b: int, c: int) -> float:
 # ---- summaries -----------------------------------------------------------------------------------
 
 def compare_task(docs: dict[str, TaskDocs], reference: str | None, iters: int = BOOTSTRAP_ITERS, seed: int = 0,
-                 confidence: float = CONFIDENCE) -> dict:
-    """Scores with CIs and paired differences to `reference` for one task; replicates kept for averaging."""
+                 confidence: float = CONFIDENCE, min_docs: int = MIN_CI_DOCS) -> dict:
+    """Scores with CIs and paired differences to `reference` for one task; replicates kept for averaging.
+    With fewer than `min_docs` documents: scores, differences and McNemar only (no CI, no replicates)."""
     keys, dropped = common_documents(docs)
     n_docs = sum(len(v) for v in keys.values())
-    out: dict = {"documents": n_docs, "dropped_documents": dropped, "artifacts": {}, "replicates": {}}
+    out: dict = {"documents": n_docs, "dropped_documents": dropped, "artifacts": {}, "replicates": {},
+                 "ci": n_docs >= min_docs}
     if n_docs == 0:
         return out
-    reps = task_replicates(docs, keys, iters, seed)
+    reps = task_replicates(docs, keys, iters, seed) if out["ci"] else None
     equal_weights = _equal_doc_weights(next(iter(docs.values())), keys)
     for name, d in docs.items():
         point = d.score(keys)
-        lo, hi = percentile_ci(reps[name], confidence)
-        row = {"score": round(point, 4), "ci": [round(lo, 4), round(hi, 4)], "n": n_docs}
+        ci = [round(v, 4) for v in percentile_ci(reps[name], confidence)] if reps else None
+        row = {"score": round(point, 4), "ci": ci, "n": n_docs}
         if reference in docs and name != reference:
-            diff = reps[name] - reps[reference]
-            dlo, dhi = percentile_ci(diff, confidence)
             row["diff"] = round(point - docs[reference].score(keys), 4)
-            row["diff_ci"] = [round(dlo, 4), round(dhi, 4)]
+            row["diff_ci"] = [round(v, 4) for v in percentile_ci(reps[name] - reps[reference], confidence)] if reps else None
             ref_vals = [docs[reference].strata[s][k] for s, ks in keys.items() for k in ks]
             our_vals = [d.strata[s][k] for s, ks in keys.items() for k in ks]
             bc = discordant(ref_vals, our_vals)
@@ -209,7 +212,8 @@ def compare_task(docs: dict[str, TaskDocs], reference: str | None, iters: int = 
                 row["discordant"] = {"reference_only": bc[0], "artifact_only": bc[1]}
                 row["mcnemar_p"] = mcnemar_exact(*bc) if equal_weights else None
         out["artifacts"][name] = row
-        out["replicates"][name] = reps[name]
+        if reps:
+            out["replicates"][name] = reps[name]
     return out
 
 
