@@ -25,7 +25,6 @@ ALIASES: dict[str, str] = {
     "hf": "torch", "native": "torch",
     "gguf": "llama.cpp", "llamacpp": "llama.cpp", "llama_cpp": "llama.cpp",
     "onnx": "onnxruntime", "ort": "onnxruntime",
-    "genai": "ort-genai", "onnxruntime-genai": "ort-genai",
     "hf-stock": "lm-eval-hf",  # evaluation only: lm-eval's own hf model
 }
 _warned: set[str] = set()
