@@ -54,7 +54,7 @@ def test_deploy_names_each_failure_and_still_reports(tiny_model, tmp_path, data_
     out = tmp_path / "run"
     code = deploy_main(["deploy", str(tiny_model), "--types", "torch,f32,q4_k_m,bogus", "--tasks", "arc_easy,no_such_task",
                         "--limit", "3", "--out", str(out), "--prompt-tokens", "16", "--new-tokens", "4", "--repeats", "1",
-                        "--bootstrap", "500"])
+                        "--bootstrap", "500", "--min-ci-docs", "1"])
     printed = capsys.readouterr().out
     assert code == 1  # report written, with failures
     parity = json.loads((out / "artifacts" / "model-q4_k_m.gguf.parity.json").read_text())
@@ -103,7 +103,7 @@ def test_deploy_names_each_failure_and_still_reports(tiny_model, tmp_path, data_
 def test_a_killed_deploy_resumes_without_redoing_finished_work(tiny_model, tmp_path, data_dir, monkeypatch):
     out = tmp_path / "run"
     argv = ["deploy", str(tiny_model), "--types", "torch,f32", "--tasks", "arc_easy,piqa,winogrande", "--limit", "2",
-            "--out", str(out), "--no-latency", "--bootstrap", "200"]
+            "--out", str(out), "--no-latency", "--bootstrap", "200", "--min-ci-docs", "1"]
     script = ("import argparse, sys\nfrom slmkit.deploy.cli import add_commands\n"
               "p = argparse.ArgumentParser(prog='slmkit'); add_commands(p.add_subparsers())\n"
               "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))\n")

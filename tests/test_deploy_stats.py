@@ -203,3 +203,14 @@ def test_too_few_documents_get_no_ci_but_keep_mcnemar():
     assert out["ci"] is False and row["ci"] is None and row["diff_ci"] is None and out["replicates"] == {}
     assert row["diff"] == pytest.approx(-100 / 3, abs=1e-3) and row["mcnemar_p"] == 1.0  # exact test is valid at any n
     assert st.compare_average({"t": {"artifacts": {}, "replicates": {}}}, ["ref", "q"], "ref") == {}
+
+
+def test_budget_plan_gives_every_task_enough_documents_for_a_ci_when_that_fits():
+    costs = _costs()
+    floor_cost = sum(c.cost(c.limit_for(20)) for c in costs)
+    limits = budget.allocate(costs, floor_cost + 1, floor_docs=20)
+    assert all(c.docs(limits[c.name]) >= 20 for c in costs)
+    assert sum(c.cost(limits[c.name]) for c in costs) <= floor_cost + 1
+    # without the room for it, the plan falls back to the unfloored allocation (still within budget)
+    tight = budget.allocate(costs, floor_cost / 3, floor_docs=20)
+    assert sum(c.cost(tight[c.name]) for c in costs) <= floor_cost / 3

@@ -53,20 +53,28 @@ class TaskCost:
         return max(lo, self.pilot_limit)
 
 
-def allocate(costs: list[TaskCost], seconds: float) -> dict[str, int]:
-    """Per-task limits with Σ cost ≤ seconds and documents ∝ 1/√(seconds per document)."""
+def allocate(costs: list[TaskCost], seconds: float, floor_docs: int = 0) -> dict[str, int]:
+    """Per-task limits with Σ cost ≤ seconds and documents ∝ 1/√(seconds per document).
+
+    floor_docs: every task first gets this many documents (the fewest a CI is given for) when that fits."""
     if not costs:
         return {}
-
-    def plan(scale: float) -> dict[str, int]:
-        return {c.name: c.limit_for(scale / math.sqrt(max(c.per_doc_s, 1e-9))) for c in costs}
 
     def total(limits: dict[str, int]) -> float:
         return sum(c.cost(limits[c.name]) for c in costs)
 
+    floor = {c.name: c.limit_for(floor_docs) for c in costs}
+    if total(floor) > seconds:
+        floor = {c.name: c.pilot_limit for c in costs}
+
+    def plan(scale: float) -> dict[str, int]:
+        return {c.name: max(floor[c.name], c.limit_for(scale / math.sqrt(max(c.per_doc_s, 1e-9)))) for c in costs}
+
     full = {c.name: c.max_limit for c in costs}
     if total(full) <= seconds:
         return full
+    if total(plan(0.0)) > seconds:
+        return plan(0.0)
     lo, hi = 0.0, 1.0
     while total(plan(hi)) <= seconds:
         hi *= 2

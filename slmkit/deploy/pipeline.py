@@ -358,7 +358,7 @@ class Deploy:
         spent = self.state.spent_seconds()
         reserve = 60.0 + 5.0 * len(self.specs)  # statistics and the report
         left = cfg.budget_minutes * 60 - spent - reserve
-        limits = budget.allocate(costs + agent_costs, max(left, 0.0))
+        limits = budget.allocate(costs + agent_costs, max(left, 0.0), floor_docs=cfg.min_ci_docs)
         plan = {"mode": "budget", "budget_minutes": cfg.budget_minutes, "pilot_limit": pilot,
                 "spent_before_plan_s": round(spent, 1), "left_for_plan_s": round(left, 1),
                 "costs": [asdict(c) for c in costs + agent_costs], "limits": limits,
