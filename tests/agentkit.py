@@ -83,3 +83,58 @@ def tiny_runtime(tokenizer_dir, seed: int = 0, max_seq_len: int = 8192):
                 p.mul_(8.0)
         model.lm_head.weight[~printable] = 0.0
     return TorchRuntime.from_model(model, tokenizer=tok), model
+
+
+def tiny_checkpoint(tokenizer_dir, folder):
+    """The tiny random model of `tiny_runtime`, saved as a slmkit checkpoint (what `slmkit agent run` loads)."""
+    from slmkit.model.checkpoint import save_checkpoint
+
+    _, model = tiny_runtime(tokenizer_dir)
+    save_checkpoint(folder, model, tokenizer_dir)
+    return folder
+
+
+def saved_episodes(folder) -> list[dict]:
+    """A run folder's episodes in task order, wall times removed (everything else must be reproducible)."""
+    import json
+
+    lines = (folder / "trajectories.jsonl").read_text().splitlines()
+    recs = sorted((json.loads(x) for x in lines), key=lambda r: r["index"])
+    for r in recs:
+        r.pop("seconds")
+        for s in r["steps"]:
+            for c in s["calls"]:
+                c.pop("seconds")
+    return recs
+
+
+def results_without_timing(results: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps({k: v for k, v in results.items() if k != "timing"}))
+
+
+class Killed(Exception):
+    """Raised from on_episode: the run stops as a killed process would (results.json never written)."""
+
+
+def run_killed_then_resumed(benchmark, model, folder, kill_after: int, **kw) -> dict:
+    """Run `benchmark` into `folder`, stop it after `kill_after` saved episodes (plus a torn last line, as a
+    kill mid-write leaves), then rerun the same command; returns the resumed run's results."""
+    import pytest
+
+    from slmkit.agents.runner import run_agent
+
+    seen = []
+
+    def kill(record):
+        seen.append(record["task_id"])
+        if len(seen) == kill_after:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_agent(benchmark, model, folder, progress=False, on_episode=kill, **kw)
+    assert not (folder / "results.json").exists()
+    with open(folder / "trajectories.jsonl", "a") as f:
+        f.write('{"task_id": "torn-by-the-kill", "ste')
+    return run_agent(benchmark, model, folder, progress=False, **kw)

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from agentkit import tiny_runtime
+from agentkit import results_without_timing, saved_episodes, tiny_checkpoint
 from slmkit.agents import cli as agent_cli
 from slmkit.agents import registry
 from slmkit.agents.react import Sampling
@@ -29,12 +29,7 @@ def _main(argv):
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_tokenizer_dir, tmp_path_factory):
-    from slmkit.model.checkpoint import save_checkpoint
-
-    _, model = tiny_runtime(tiny_tokenizer_dir)
-    path = tmp_path_factory.mktemp("tiny") / "ck"
-    save_checkpoint(path, model, tiny_tokenizer_dir)
-    return path
+    return tiny_checkpoint(tiny_tokenizer_dir, tmp_path_factory.mktemp("tiny") / "ck")
 
 
 @pytest.fixture(autouse=True)
@@ -42,20 +37,8 @@ def _cache(tmp_path, monkeypatch, data_dir):
     monkeypatch.setenv("SLMKIT_CACHE", str(tmp_path / "cache"))
 
 
-def _strip(results):
-    out = {k: v for k, v in results.items() if k != "timing"}
-    return json.loads(json.dumps(out))
-
-
-def _episodes(folder):
-    lines = (folder / "trajectories.jsonl").read_text().splitlines()
-    recs = sorted((json.loads(x) for x in lines), key=lambda r: r["index"])
-    for r in recs:
-        r.pop("seconds")
-        for s in r["steps"]:
-            for c in s["calls"]:
-                c.pop("seconds")
-    return recs
+_strip = results_without_timing
+_episodes = saved_episodes
 
 
 def test_run_writes_files_and_resume_after_kill_matches_one_run(tiny_model, tmp_path, capsys, one_thread):

@@ -36,8 +36,12 @@ def _argv(model, out):
 
 
 def _cached_rows(db) -> int:
+    """Committed rows of lm-eval's request cache. Opened read-write: after a SIGKILL mid-commit the database has a
+    hot journal that only a writing connection rolls back (a read-only one fails and would count 0)."""
+    if not db.is_file():
+        return 0
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        con = sqlite3.connect(str(db), timeout=5)
         try:
             return sum(con.execute(f"select count(*) from '{t}'").fetchone()[0]
                        for (t,) in con.execute("select name from sqlite_master where type='table'"))
@@ -67,6 +71,7 @@ def test_sigkilled_eval_resumes_to_the_uninterrupted_result(tiny_model, tmp_path
     while time.time() < deadline and proc.poll() is None and _cached_rows(db) < 1:
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before any kill could land (make it longer)"
+    assert _cached_rows(db) >= 1, "no request reached lm-eval's cache within 900 s"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done_before = _cached_rows(db)

@@ -381,3 +381,28 @@ def test_catalog_folder_is_what_users_point_at(tmp_path, data_dir):
     assert [t.id for t in env.tasks()] == ["fixed_0", "fixed_1", "fixed_2"]
     actions, history = oracle_episode(env, env.tasks()[2])
     assert history[-1].reward == 1.0
+
+
+# --- runs through `slmkit agent run` ------------------------------------------------------------------
+
+def test_killed_run_resumes_to_the_uninterrupted_results(tiny_tokenizer_dir, tmp_path, one_thread):
+    from agentkit import results_without_timing, run_killed_then_resumed, saved_episodes, tiny_checkpoint
+
+    from slmkit.agents.react import Sampling
+    from slmkit.agents.runner import run_agent
+
+    model = tiny_checkpoint(tiny_tokenizer_dir, tmp_path / "ck")
+    kw = dict(limit=3, sampling=Sampling(max_new_tokens=8), parallel=3)
+    whole = run_agent("webshop", model, tmp_path / "whole", progress=False, **kw)
+    again = run_killed_then_resumed("webshop", model, tmp_path / "killed", kill_after=2, **kw)
+    assert again["timing"]["sessions"][-1]["episodes"] == 1
+    assert results_without_timing(again) == results_without_timing(whole)
+    episodes = saved_episodes(tmp_path / "whole")
+    assert saved_episodes(tmp_path / "killed") == episodes
+    assert [e["task_id"] for e in episodes] == ["fixed_0", "fixed_1", "fixed_2"]
+    assert all(e["n_steps"] == 14 and not e.get("error") for e in episodes)  # a random model never buys
+    assert whole["stats"]["invalid_actions"] > 0 and set(whole["scores"]) == {"reward", "score", "success"}
+    # every result says what it is not
+    assert not whole["comparable"] and whole["not_comparable_because"].startswith("derived catalog, not comparable")
+    assert whole["mode"].startswith("derived catalog, not comparable") and whole["details"]["derived"] is True
+    assert "Not comparable" in (tmp_path / "whole" / "report.md").read_text()

@@ -68,6 +68,8 @@ class Environment:
     # how the data/environment was obtained, written into every result (e.g. "offline distractor corpus")
     mode = ""
     comparable = True  # False when results must not be compared with published numbers
+    not_comparable_because: str | None = None  # why not (written into results and reports)
+    group_order: tuple[str, ...] = ()  # results score episodes per task["type"] too, groups in this order
 
     def tasks(self, limit: int | None = None) -> list[Task]:
         raise NotImplementedError

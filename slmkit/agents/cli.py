@@ -1,4 +1,5 @@
-"""`slmkit agent run BENCH MODEL ...` and `slmkit agent show RUN` (registered by slmkit.cli)."""
+"""`slmkit agent run BENCH MODEL ...`, `slmkit agent show RUN` and `slmkit agent report RUN...` (registered by
+slmkit.cli)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ def add_commands(subparsers) -> None:
     run.add_argument("--out", default=None, help="run folder (default runs/agent-BENCH-MODEL)")
     run.add_argument("--parallel", type=int, default=8, help="episodes decoded at once (default 8)")
     run.add_argument("--threads", type=int, default=None, help="CPU threads for the runtime")
+    run.add_argument("--prefix-cache-mb", type=float, default=None,
+                     help="engine prefix cache (keeps every episode's trajectory between its steps; default 1024)")
     run.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (ReAct's setting)")
     run.add_argument("--top-p", type=float, default=1.0)
     run.add_argument("--seed", type=int, default=0)
@@ -38,6 +41,13 @@ def add_commands(subparsers) -> None:
     show.add_argument("--episode", default=None, help="episode number (task order) or task id")
     show.add_argument("--full-prompt", action="store_true", help="also print the few-shot prompt")
     show.set_defaults(func=cmd_show)
+
+    report = sub.add_parser("report", help="one table of several runs' scores beside Xmodel-2's Table 4",
+                            description="Reads each run folder's results.json: HotpotQA / FEVER EM, ALFWorld / "
+                            "WebShop success per model, the published rows, ALFWorld per task type.")
+    report.add_argument("runs", nargs="+", help="run folders written by `slmkit agent run`")
+    report.add_argument("--out", default=None, help="write the Markdown here (default: print it)")
+    report.set_defaults(func=cmd_report)
 
 
 def _options(args) -> dict:
@@ -62,12 +72,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     sampling = Sampling(temperature=args.temperature, top_p=args.top_p, seed=args.seed, max_new_tokens=args.max_new_tokens)
     res = run_agent(args.benchmark, args.model, out, backend=args.backend, limit=args.limit, options=_options(args),
                     parallel=args.parallel, sampling=sampling, threads=args.threads, naive=args.naive,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress,
+                    **({} if args.prefix_cache_mb is None else {"prefix_cache_mb": args.prefix_cache_mb}))
     scores = ", ".join(f"{k} {v:.2f}" for k, v in res["scores"].items())
     flag = "" if res["comparable"] else f"  [not comparable: {res['not_comparable_because']}]"
     print(f"{res['benchmark']} ({res['mode']}): {res['episodes']} episodes, {scores}; invalid actions "
           f"{100 * res['stats']['invalid_action_rate']:.1f}%, mean steps {res['stats']['mean_steps']}{flag}")
     print(f"wrote {out}/results.json, report.md, report.html, trajectories.jsonl")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from slmkit.agents.combined import combined_markdown, load_results
+    from slmkit.paths import atomic_write_text
+
+    text = combined_markdown(load_results(args.runs))
+    if args.out:
+        atomic_write_text(args.out, text)
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from slmkit.agents.groups import group_table
 from slmkit.paths import atomic_write_text
 
 LABELS = {"hotpotqa": "HotpotQA EM", "fever": "FEVER EM", "alfworld": "ALFWorld SR", "webshop": "WebShop SR"}
@@ -35,12 +36,23 @@ def render_markdown(results: dict) -> str:
               f"({100 * s['invalid_action_rate']:.1f}% of steps); ReAct fallback calls {s['fallback_calls']}; "
               f"calls that hit the token budget {s['length_stops']}; episode errors {s['episode_errors']}",
               f"- episode ends: {s['episode_ends'] or '{}'}; invalid-action reasons: {s['invalid_reasons'] or '{}'}",
-              f"- wall time {t['wall_seconds']} s; {t['episodes_per_hour']} episodes/h; {t['steps_per_second']} steps/s", ""]
+              f"- wall time {t['wall_seconds']} s; {t['episodes_per_hour']} episodes/h; {t['steps_per_second']} steps/s"
+              + _load_note(t.get("sessions", [])), ""]
     table = score_table(results)
     lines += ["| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
     lines += ["| " + " | ".join(r) + " |" for r in table[1:]]
+    if results.get("per_type"):
+        lines += ["", f"Per task type ({results['primary_metric']}, % of the type's episodes):", ""]
+        lines += group_table(results["per_type"], results["primary_metric"])
     lines += ["", f"Published rows: {results['published_source']}", "", "![scores](scores.png)", ""]
     return "\n".join(lines)
+
+
+def _load_note(sessions: list[dict]) -> str:
+    loads = [s["mean_load_average"] for s in sessions if s.get("mean_load_average") is not None]
+    if not loads:
+        return ""
+    return f" (load average {min(loads):.1f}–{max(loads):.1f} while it ran: a shared machine's times)"
 
 
 def render_html(results: dict) -> str:
@@ -50,6 +62,12 @@ def render_html(results: dict) -> str:
     warn = "" if results["comparable"] else \
         f"<p><b>Not comparable with ReAct's or Xmodel-2's numbers</b>: {html.escape(str(results['not_comparable_because']))}.</p>"
     stats = html.escape(str(results["stats"]))
+    groups = results.get("per_type") or {}
+    if groups:
+        primary = results["primary_metric"]
+        cells = "".join(f"<th>{html.escape(k)}</th>" for k in groups)
+        vals = "".join(f"<td>{v.get(primary, 0.0):.2f} (n={v['episodes']})</td>" for v in groups.values())
+        stats = f"</p><table><tr><th>type</th>{cells}</tr><tr><td>{html.escape(primary)}</td>{vals}</tr></table><p>" + stats
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(results['benchmark'])} agent run</title>"
             f"<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{border:1px solid #ccc;padding:4px 8px}}"
             f"table{{border-collapse:collapse}}</style></head><body><h1>{html.escape(results['benchmark'])} — ReAct agent run</h1>"

@@ -7,7 +7,9 @@ Files in the run folder:
   line from a killed run is dropped on resume): every piece of text with its token ids, each step's
   model output, action, observation, calls (prompt/new tokens, finish reason, seconds), metrics;
 - `results.json`, `report.md`, `report.html`, `scores.png` — written at the end from the episodes of the
-  selected tasks, in task order, so an interrupted-and-resumed run reports what one uninterrupted run does.
+  selected tasks, in task order, so an interrupted-and-resumed run reports what one uninterrupted run does
+  (scores: means over all episodes; `per_type`: the same per task type where tasks have one, ALFWorld);
+- `runs.json` — one entry per session: episodes run, wall seconds, mean load average, engine counters.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
+from slmkit.agents.groups import group_scores
 from slmkit.agents.react import Sampling, run_episodes
 from slmkit.agents.registry import load_environment
 from slmkit.errors import SlmkitError
@@ -68,7 +71,11 @@ def resolve_model(model: str, backend: str | None) -> Path:
     raise SlmkitError(f"{model}: model not found (a checkpoint / HF folder / .gguf / ONNX folder, or a pulled model name)")
 
 
-def load_llm(model: Path, backend: str | None, threads: int | None, naive: bool, parallel: int):
+PREFIX_CACHE_MB = 1024  # an episode's whole trajectory stays cached between its steps: 8-16 episodes of 2-4k tokens
+
+
+def load_llm(model: Path, backend: str | None, threads: int | None, naive: bool, parallel: int,
+             prefix_cache_mb: float = PREFIX_CACHE_MB):
     from slmkit import serve
     from slmkit.agents.llm import AgentLLM, NaiveLLM
 
@@ -79,7 +86,9 @@ def load_llm(model: Path, backend: str | None, threads: int | None, naive: bool,
     runtime = serve.load(model, name, **opts)
     if runtime.tokenizer is None:
         raise SlmkitError(f"{model}: no tokenizer next to the model (the agent loop works on token ids)")
-    return (NaiveLLM(runtime) if naive else AgentLLM(runtime, max_batch=parallel)), name
+    if naive:
+        return NaiveLLM(runtime), name
+    return AgentLLM(runtime, max_batch=parallel, engine_options={"prefix_cache_mb": prefix_cache_mb}), name
 
 
 class _Trajectories:
@@ -113,12 +122,15 @@ class _Trajectories:
 def run_agent(benchmark: str, model: str | Path | None, out_dir: str | Path, *, backend: str | None = None,
               limit: int | None = None, options: dict | None = None, parallel: int = 8, sampling: Sampling | None = None,
               threads: int | None = None, naive: bool = False, progress: bool = True, llm=None,
+              prefix_cache_mb: float = PREFIX_CACHE_MB,
               on_episode: Callable[[dict], None] | None = None) -> dict:
     """Run (or resume) `benchmark` on `model`; returns results.json's content. `llm` replaces the model
     (tests: scripted outputs); `on_episode(record)` runs after each episode is saved."""
     limit = _check_limit(limit)
     if parallel < 1:
         raise SlmkitError(f"--parallel {parallel}: must be at least 1")
+    if not prefix_cache_mb >= 0:
+        raise SlmkitError(f"--prefix-cache-mb {prefix_cache_mb}: must be 0 (off) or more")
     sampling = sampling or Sampling()
     options = {k: v for k, v in (options or {}).items() if v is not None}
     model_path = resolve_model(str(model), backend) if llm is None else None
@@ -150,7 +162,7 @@ def run_agent(benchmark: str, model: str | Path | None, out_dir: str | Path, *, 
     loads = [os.getloadavg()[0]]  # the machine's load as episodes end (shared machines: read timings with it)
     if todo:
         if llm is None:
-            llm, backend_name = load_llm(model_path, backend, threads, naive, parallel)
+            llm, backend_name = load_llm(model_path, backend, threads, naive, parallel, prefix_cache_mb)
         bar = _progress(len(tasks), len(tasks) - len(todo), benchmark, progress)
         done_steps = [0]
 
@@ -238,11 +250,13 @@ def summarize(benchmark: str, env, records: list[dict], config: dict, runs: list
                 why = why.split("'")[0].strip() if why.startswith("unknown tool") else why
                 reasons[why] = reasons.get(why, 0) + 1
     primary = PRIMARY_METRIC.get(benchmark, keys[0] if keys else None)
-    note = None if env.comparable else NOT_COMPARABLE.get(env.mode, f"mode '{env.mode}' is not comparable with published numbers")
+    note = None if env.comparable else (getattr(env, "not_comparable_because", None) or NOT_COMPARABLE.get(
+        env.mode, f"mode '{env.mode}' is not comparable with published numbers"))
     return {
         "benchmark": benchmark, "mode": env.mode, "comparable": env.comparable, "not_comparable_because": note,
         "details": getattr(env, "details", {}), "config": config, "episodes": n, "primary_metric": primary,
         "scores": scores,
+        "per_type": group_scores(records, "type", getattr(env, "group_order", ())),
         "stats": {
             "steps": steps, "mean_steps": round(steps / max(n, 1), 3),
             "invalid_actions": stat("invalid_actions"), "invalid_action_rate": round(stat("invalid_actions") / max(steps, 1), 4),

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from slmkit.agents.groups import group_scores, group_table
 from slmkit.errors import SlmkitError
+from slmkit.paths import read_json
 
 
 def load_records(run: str | Path) -> list[dict]:
@@ -25,8 +27,22 @@ def _metrics(rec: dict) -> str:
     return " ".join(f"{k}={v:g}" for k, v in rec.get("metrics", {}).items()) or "no score"
 
 
-def episode_list(records: list[dict]) -> str:
-    lines = [f"{'#':>4}  {'task':<24} {'metrics':<18} steps invalid  end"]
+def summary(records: list[dict], order=()) -> list[str]:
+    """Means over the episodes saved so far, and per task type where tasks have one (ALFWorld)."""
+    if not records:
+        return ["no episodes yet"]
+    keys = sorted({k for r in records for k in r.get("metrics", {})})
+    means = ", ".join(f"{k} {100 * sum(r.get('metrics', {}).get(k, 0.0) for r in records) / len(records):.2f}" for k in keys)
+    lines = [f"{len(records)} episodes: {means}"]
+    groups = group_scores(records, "type", order)
+    if groups:
+        metric = "success" if "success" in keys else (keys[0] if keys else "")
+        lines += ["", *group_table(groups, metric)]
+    return lines
+
+
+def episode_list(records: list[dict], order=()) -> str:
+    lines = summary(records, order) + ["", f"{'#':>4}  {'task':<24} {'metrics':<18} steps invalid  end"]
     for r in records:
         lines.append(f"{r.get('index', '?'):>4}  {r['task_id']:<24} {_metrics(r):<18} {r.get('n_steps', 0):>5} "
                      f"{r.get('stats', {}).get('invalid_actions', 0):>7}  {r.get('end') or 'finished'}"
@@ -63,7 +79,9 @@ def episode_text(rec: dict, full_prompt: bool = False) -> str:
 def show_run(run: str | Path, episode: str | None = None, full_prompt: bool = False) -> str:
     records = load_records(run)
     if episode is None:
-        return episode_list(records)
+        results = Path(run) / "results.json"  # a finished session's results name the group order
+        order = tuple(read_json(results).get("per_type", {})) if results.is_file() else ()
+        return episode_list(records, order)
     for r in records:
         if str(r.get("index")) == str(episode) or r["task_id"] == episode:
             return episode_text(r, full_prompt)

@@ -17,14 +17,15 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from slmkit.agents.groups import group_scores
 from slmkit.errors import SlmkitError
 
 from .data import SPLITS, alfworld_data_dir, check_root, resolve_split
 from .env import PREFIXES, AlfworldEnv, collect_games, make_tasks, make_tw_env
-from .react_format import STYLES, AlfworldFormat, load_prompts
+from .react_format import MAX_ACTIONS, STYLES, AlfworldFormat, load_prompts
 
 TYPES = tuple(PREFIXES.values())
-_OPTIONS = {"data", "types", "limit", "prompt", "prompts", "rebuild"}
+_OPTIONS = {"data", "types", "limit", "prompt", "prompts", "rebuild", "max_actions"}
 
 
 def _types(value) -> tuple[str, ...] | None:
@@ -37,15 +38,15 @@ def _types(value) -> tuple[str, ...] | None:
     return tuple(items)
 
 
-def _limit(value) -> int | None:
+def _limit(value, name: str = "limit") -> int | None:
     if value is None:
         return None
     try:
         n = int(value)
     except (TypeError, ValueError):
-        raise SlmkitError(f"alfworld: limit={value!r} is not a whole number") from None
+        raise SlmkitError(f"alfworld: {name}={value!r} is not a whole number") from None
     if n < 1:
-        raise SlmkitError(f"alfworld: limit={value!r} must be at least 1")
+        raise SlmkitError(f"alfworld: {name}={value!r} must be at least 1")
     return n
 
 
@@ -61,7 +62,8 @@ def load_environment(split: str = "eval_out_of_distribution", **options) -> tupl
       limit=N      the first N tasks (after `types`);
       prompt=react (default) | act   ReAct's prompts or its Act-only baseline's;
       prompts=FILE another alfworld_3prompts.json;
-      rebuild=1    unpack the shared tars again.
+      rebuild=1    unpack the shared tars again;
+      max_actions=N  model actions per game (ReAct: 49; fewer for a quick look, results not comparable).
     """
     unknown = set(options) - _OPTIONS
     if unknown:
@@ -80,6 +82,9 @@ def load_environment(split: str = "eval_out_of_distribution", **options) -> tupl
         root = check_root(alfworld_data_dir(rebuild=rebuild), split)
         source = "SLMKIT_DATA/alfworld (json_2.1.1, ExpeL's copy of the ALFWorld game files)"
     fmt = AlfworldFormat(load_prompts(options.get("prompts")), style)
+    max_actions = _limit(options.get("max_actions"), "max_actions")
+    if max_actions is not None:
+        fmt.max_steps = max_actions
     tw = make_tw_env(root, split)
     games = collect_games(root, split, tw)
     if not games:
@@ -92,20 +97,21 @@ def load_environment(split: str = "eval_out_of_distribution", **options) -> tupl
     details = {"split": split, "folder": f"json_2.1.1/{SPLITS[split]}", "games": len(tasks), "data": source,
                "types": dict(sorted(Counter(t.data["type"] for t in tasks).items())), "prompt": style,
                "max_actions": fmt.max_steps}
-    env = AlfworldEnv(root, split, tasks, comparable=split != "train" and style == "react", details=details,
-                      tw_env=tw, mode=split if style == "react" else f"{split}-act")
+    reacts = fmt.max_steps == MAX_ACTIONS
+    mode = (split if style == "react" else f"{split}-act") + ("" if reacts else f"-{fmt.max_steps}-actions")
+    env = AlfworldEnv(root, split, tasks, comparable=split != "train" and style == "react" and reacts, details=details,
+                      tw_env=tw, mode=mode)
+    if not reacts:
+        env.not_comparable_because = f"{fmt.max_steps} model actions per game, not ReAct's {MAX_ACTIONS}"
+    elif split == "train":
+        env.not_comparable_because = "ExpeL's 200-game subset of ALFWorld's train split, not an evaluation split"
     return env, fmt
 
 
 def per_type(records: list[dict], metric: str = "success") -> dict[str, dict[str, float]]:
-    """{type: {"episodes": n, metric: mean ×100}} over run records (each with task["type"] and metrics)."""
-    groups: dict[str, list[float]] = {}
-    for rec in records:
-        kind = (rec.get("task") or {}).get("type") or "unknown"
-        groups.setdefault(kind, []).append(float((rec.get("metrics") or {}).get(metric, 0.0)))
-    order = {t: i for i, t in enumerate(TYPES)}
-    return {k: {"episodes": len(v), metric: round(100 * sum(v) / len(v), 2)}
-            for k, v in sorted(groups.items(), key=lambda kv: order.get(kv[0], 99))}
+    """{type: {"episodes": n, metric: mean ×100}} over run records (each with task["type"] and metrics),
+    in ReAct's type order."""
+    return {k: {"episodes": v["episodes"], metric: v.get(metric, 0.0)} for k, v in group_scores(records, "type", TYPES).items()}
 
 
 __all__ = ["load_environment", "per_type", "AlfworldEnv", "AlfworldFormat", "TYPES"]

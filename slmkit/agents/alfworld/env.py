@@ -89,6 +89,7 @@ def make_tw_env(root: Path, split: str):
 
 class AlfworldEnv(Environment):
     name = "alfworld"
+    group_order = tuple(PREFIXES.values())  # results group episodes by task type, in ReAct's order
 
     def __init__(self, root: Path, split: str, tasks: list[Task], comparable: bool = True,
                  details: dict | None = None, tw_env=None, mode: str | None = None) -> None:

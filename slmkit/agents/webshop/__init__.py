@@ -59,11 +59,17 @@ def load_environment(catalog: str | Path | None = None, limit: int | None = None
     else:
         raise SlmkitError(f"webshop: tasks={which!r} is not 'expel' or 'webshop'")
     derived = shop.manifest.get("derived", False)
-    note = (f"{DERIVED_LABEL} (seed {seed}, {len(shop.products)} products, {folder})" if derived
-            else f"WebShop catalog {folder} ({len(shop.products)} products)")
+    client = options.get("mode", "react")
+    catalog_mode = f"{DERIVED_LABEL} (seed {seed}, {len(shop.products)} products)" if derived else \
+        f"WebShop catalog ({len(shop.products)} products)"
     env = WebShopEnv(shop, goals, NounTagger(options.get("tagger", DEFAULT_MODEL)),
-                     mode=options.get("mode", "react"), show_attrs=bool(options.get("show_attrs", False)),
-                     limit=limit, mode_note=f"{note}; {which} tasks; {options.get('mode', 'react')} client")
+                     mode=client, show_attrs=bool(options.get("show_attrs", False)),
+                     limit=limit, mode_note=f"{catalog_mode}; {which} tasks; {client} client")
+    env.details = {"catalog": str(folder), "derived": bool(derived), "products": len(shop.products), "seed": seed,
+                   "tasks": which, "client": client, **({"label": DERIVED_LABEL} if derived else {})}
+    if derived:
+        env.not_comparable_because = (f"{DERIVED_LABEL}: products built from the 100 ExpeL targets and the other "
+                                      "goals' attributes and queries (docs/results/webshop-catalog.md), not WebShop's catalog")
     fmt = WebShopReactFormat(load_prompt(options.get("prompt", PROMPT_KEY)))
     return env, fmt
 
