@@ -19,9 +19,10 @@ STAGES = [
     "slmkit.serve.cli",      # generate
     "slmkit.app.cli",        # serve api|ui
     "slmkit.evaluate.cli",   # eval, eval compare
-    "slmkit.agents.cli",     # agent run|show
+    "slmkit.agents.cli",     # agent run|show|report
     "slmkit.bench.cli",      # bench latency|shapes
     "slmkit.merge.cli",      # merge, merge sweep
+    "slmkit.deploy.cli",     # deploy
 ]
 
 

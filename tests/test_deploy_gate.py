@@ -40,13 +40,23 @@ def _heldout_text(checkpoint: Path) -> str:
 
 @pytest.fixture(scope="module")
 def in_domain(tmp_path_factory):
-    """The demo recipe, 150 quick steps (about a minute on 2 cores), with its gate text beside it."""
+    """The demo recipe, 150 quick steps (about a minute on 2 cores); the trainer records its gate text."""
     root = tmp_path_factory.mktemp("indomain")
     ckpt = _train(root, 150, quick=True)
     model = root / "model"
     shutil.copytree(ckpt, model)
-    (model / "gate_text.txt").write_text(_heldout_text(model), encoding="utf-8")
     return model
+
+
+@pytest.mark.slow
+def test_the_trainer_records_held_out_problems_as_every_checkpoints_gate_text(in_domain):
+    from slmkit.corpus.synthetic import heldout_problems, is_heldout_question
+    from slmkit.model.checkpoint import read_meta
+
+    text = (in_domain / "gate_text.txt").read_text(encoding="utf-8")
+    assert text == _heldout_text(in_domain)
+    assert all(is_heldout_question(p.question) for p in heldout_problems(40))
+    assert "held-out problems" in read_meta(in_domain)["meta"]["gate_text"]
 
 
 @pytest.mark.slow
@@ -135,8 +145,10 @@ def test_the_demo_model_passes_q4_k_m_on_its_own_text_where_the_generic_text_fai
 
     steps = int(os.environ.get("SLMKIT_DEMO_STEPS", DEMO_STEPS))
     ckpt = _train(tmp_path, steps, quick=False)
+    stored = (ckpt / "gate_text.txt").read_text(encoding="utf-8")  # the trainer wrote it
+    (ckpt / "gate_text.txt").unlink()
     with pytest.raises(SlmkitError, match="parity gate failed on the built-in generic text"):
         export_gguf(ckpt, tmp_path / "generic.gguf", "q4_k_m", n_threads=2)
-    (ckpt / "gate_text.txt").write_text(_heldout_text(ckpt), encoding="utf-8")
+    (ckpt / "gate_text.txt").write_text(stored, encoding="utf-8")
     res = export_gguf(ckpt, tmp_path / "own.gguf", "q4_k_m", n_threads=2)
     assert res["parity"]["passed"] and res["parity"]["gate_text"]["kind"] == "checkpoint"

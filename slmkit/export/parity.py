@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from slmkit.errors import SlmkitError
+from slmkit.model.checkpoint import GATE_TEXT_FILE
 from slmkit.paths import atomic_write_json
 
 UNQUANTIZED_BOUNDS: dict[str, float] = {"max_rel_err": 1e-4}
@@ -259,7 +260,6 @@ def check_hf_parity(model, hf_dir: str | Path, tolerance: float = 1e-5, seq_len:
 
 # ---- which text the gate runs on ---------------------------------------------------------------
 
-GATE_TEXT_FILE = "gate_text.txt"  # held-out text recorded with a checkpoint (and carried into its HF folder)
 GATE_SEQ_LEN = 64
 GATE_MAX_BATCHES = 8
 

@@ -25,6 +25,7 @@ FORMAT = "slmkit-checkpoint"
 FORMAT_VERSION = 1
 META_FILE = "slmkit.json"
 WEIGHTS_FILE = "model.safetensors"
+GATE_TEXT_FILE = "gate_text.txt"  # text in the model's domain its exports' parity gates run on (slmkit.train.gate_text)
 
 
 def is_checkpoint(path: str | Path) -> bool:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from slmkit.errors import SlmkitError
-from slmkit.model.checkpoint import read_meta, save_checkpoint, verify_files
+from slmkit.model.checkpoint import GATE_TEXT_FILE, read_meta, save_checkpoint, verify_files
 from slmkit.paths import atomic_write_text
 
 STATE_FILE = "trainer/state.pt"
@@ -52,8 +52,12 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(ckpt_root: Path, name: str, model, trainer_state: dict, tokenizer_dir=None, meta=None) -> Path:
+def save(ckpt_root: Path, name: str, model, trainer_state: dict, tokenizer_dir=None, meta=None,
+         gate_text: str | None = None) -> Path:
+    """`gate_text`: written as the checkpoint's gate_text.txt (what its exports' parity gates run on)."""
     def extra(tmp: Path) -> None:
+        if gate_text is not None:
+            (tmp / GATE_TEXT_FILE).write_text(gate_text, encoding="utf-8")
         (tmp / "trainer").mkdir()
         torch.save(trainer_state, tmp / STATE_FILE)
         pause = float(os.environ.get(SAVE_PAUSE_ENV) or 0)

@@ -306,6 +306,10 @@ class Trainer:
             if self.start > self.sched.long_start:  # resumed inside the stage
                 self.enter_long_context()
         self.prefetch = None
+        from slmkit.train.gate_text import choose_gate_text
+
+        chosen = choose_gate_text(cfg, self.sources, self.tokenizer)
+        self.gate_text, self.gate_text_source = chosen if chosen else (None, None)
 
     def rows_at(self, step: int) -> tuple[int, int]:
         """(global sequences, sequence length) of the batch at `step`."""
@@ -519,7 +523,8 @@ class Trainer:
             self.dist.barrier()
             return None
         path = state_mod.save(self.ckpt_root, name, save_model, self.trainer_state(step, opt_states),
-                              tokenizer_dir=self.tok_dir, meta=dict(self.save_meta, step=step))
+                              tokenizer_dir=self.tok_dir, meta=dict(self.save_meta, step=step, gate_text=self.gate_text_source),
+                              gate_text=self.gate_text)
         state_mod.prune(self.ckpt_root, int(self.cfg["checkpoint"]["keep_last"]))
         self.last_good = path
         self.dist.barrier()
