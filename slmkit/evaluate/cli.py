@@ -16,13 +16,16 @@ def add_commands(subparsers) -> None:
     p.add_argument("--suite", default="xmodel13", help="built-in suite name or a suite YAML (default xmodel13)")
     p.add_argument("--tasks", help="comma-separated subset of the suite, or any lm-eval task names")
     p.add_argument("--backend", default=None,
-                   help="torch, llama.cpp, onnxruntime, vllm or lm-eval-hf (lm-eval's own hf model, the reference); "
-                        "default: llama.cpp for .gguf files, onnxruntime for ONNX folders, else torch")
+                   help="torch, llama.cpp, onnxruntime, remote (MODEL = an OpenAI-compatible server URL), vllm or "
+                        "lm-eval-hf (lm-eval's own hf model, the reference); default: remote for URLs, llama.cpp for "
+                        ".gguf files, onnxruntime for ONNX folders, else torch")
     p.add_argument("--limit", type=float, help="documents per (sub)task (int) or fraction (<1)")
     p.add_argument("--out", help="run folder (default runs/<model>-<backend>-<time>); rerun with the same folder to resume")
     p.add_argument("--data", default="auto", choices=["auto", "local", "hub"],
                    help="documents from $SLMKIT_DATA/benchmarks (local), the Hub (hub) or local when present (auto)")
     p.add_argument("--batch-size", type=int, help="prompts decoded together in generation tasks (default 8; 1 = one at a time) / lm-eval batch size (lm-eval-hf)")
+    p.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="backend remote (MODEL is a server URL): the served model's tokenizer folder (requests are token ids)")
     p.add_argument("--threads", type=int, help="CPU threads (torch, llama.cpp, onnxruntime); default: the runtime's own")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--no-cache", action="store_true", help="do not keep lm-eval's request cache (no resume)")
@@ -44,7 +47,7 @@ def _eval(args) -> int:
     limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
     record = run_eval(args.model, suite=args.suite, tasks=args.tasks, backend=args.backend,
                       limit=limit, out=args.out, data=args.data, seed=args.seed, batch_size=args.batch_size,
-                      use_cache=not args.no_cache, threads=args.threads)
+                      use_cache=not args.no_cache, threads=args.threads, tokenizer=args.tokenizer)
     for s in record["scores"]:
         v = "—" if s["value"] is None else f"{s['value']:.2f}"
         print(f"{s['name']:<16} {v:>7}  ({s['metric']}, n={s['n']}){'  † fallback' if s['fallback'] else ''}")

@@ -225,3 +225,26 @@ class LlamaCppLM(RuntimeLM):
 class OnnxRuntimeLM(RuntimeLM):
     backend_name = serve_backend = "onnxruntime"
 
+
+@register_model("slmkit-remote")
+class RemoteLM(RuntimeLM):
+    """A model behind an OpenAI-compatible server (our `serve api`, vLLM, llama.cpp's server), scored on token
+    ids through prompt logprobs with the served model's tokenizer held locally (`tokenizer=DIR`), so the
+    requests and scores are the ones every local backend gets. (lm-eval's `local-completions` re-tokenizes
+    text on the server and does not batch the way the engine does; it stays available as a stock model.)"""
+
+    backend_name = serve_backend = "remote"
+
+    def __init__(self, pretrained: str, batch_size: int | str | None = None, max_length: int | None = None,
+                 tokenizer: str | None = None, **options) -> None:
+        if tokenizer is None:
+            raise SlmkitError(f"{pretrained}: the remote backend needs the served model's tokenizer folder "
+                              "(slmkit eval --tokenizer DIR)")
+        super().__init__(pretrained, batch_size, max_length, tokenizer=tokenizer, **options)
+        window = getattr(self.runtime, "n_ctx", None)
+        if max_length is None and window:  # a scored prompt (context + continuation) plus the 1 token echo asks for
+            self._max_length = int(window) - 2
+
+    def get_model_info(self) -> dict:
+        return {"slmkit_backend": self.backend_name, "model_url": self.runtime.url, "served_model": self.runtime.model}
+

@@ -29,22 +29,34 @@ def eval_backend(name: str | None, model: str) -> str:
     return canonical(name, BACKENDS) if name else detect(model)
 
 
-def make_lm(backend: str, model: str, batch_size: int | None = None, threads: int | None = None):
-    """An lm-eval LM for `backend`: our torch / llama.cpp / onnxruntime runtimes, lm-eval's own vllm, or the
-    stock `hf` reference (lm-eval-hf).
+def is_url(model) -> bool:
+    return str(model).startswith(("http://", "https://"))
+
+
+def make_lm(backend: str, model: str, batch_size: int | None = None, threads: int | None = None,
+            tokenizer: str | None = None):
+    """An lm-eval LM for `backend`: our torch / llama.cpp / onnxruntime runtimes, a served model (remote: an
+    OpenAI-compatible URL, with its tokenizer folder), lm-eval's own vllm, or the stock `hf` reference.
 
     threads: CPU threads for torch, llama.cpp (decode and prompt) and onnxruntime; None = the runtime's default."""
     backend = canonical(backend, BACKENDS)
-    if not Path(model).exists():
+    if backend != "remote" and not Path(model).exists():
         raise SlmkitError(f"{model}: model not found (an HF folder, slmkit checkpoint, .gguf file or ONNX folder)")
     from slmkit.evaluate import lm
 
+    if backend == "remote":
+        if tokenizer is not None and not Path(tokenizer).is_dir():
+            raise SlmkitError(f"--tokenizer {tokenizer}: not a folder")
+        return lm.RemoteLM(str(model), batch_size=batch_size, tokenizer=tokenizer)
     if backend == "torch":
         return lm.TorchLM(str(model), batch_size=batch_size or 8, threads=threads)
     if backend == "llama.cpp":
         return lm.LlamaCppLM(str(model), batch_size=batch_size, **({"n_threads": threads} if threads else {}))
     if backend == "onnxruntime":
         return lm.OnnxRuntimeLM(str(model), batch_size=batch_size, **({"threads": threads} if threads else {}))
+    if backend not in ("lm-eval-hf", "vllm"):
+        raise SlmkitError(f"backend '{backend}' does not evaluate (eval backends: torch, llama.cpp, onnxruntime, "
+                          "remote, vllm, lm-eval-hf)")
     from lm_eval.api.registry import get_model
 
     name = "hf" if backend == "lm-eval-hf" else "vllm"
@@ -80,26 +92,28 @@ def build_tasks(entries: list[SuiteTask], data: str):
 def run_eval(model: str, suite: str | Suite = "xmodel13", tasks: str | list[str] | None = None, backend: str | None = None,
              limit: int | float | None = None, out: str | Path | None = None, data: str = "auto", seed: int = SEED,
              batch_size: int | None = None, use_cache: bool = True, lm=None, label: str | None = None,
-             write_reports: bool = True, threads: int | None = None) -> dict:
-    """Evaluate `model` on the suite (or the chosen tasks); returns the results record (also written to `out`)."""
+             write_reports: bool = True, threads: int | None = None, tokenizer: str | None = None) -> dict:
+    """Evaluate `model` on the suite (or the chosen tasks); returns the results record (also written to `out`).
+    `model` may be a server URL (backend remote; `tokenizer`: the served model's tokenizer folder)."""
     import lm_eval
     from lm_eval.tasks import TaskManager  # noqa: F401 - import early: clear error if lm-eval is missing
 
     from slmkit.evaluate.tasks import finalize_records
 
     backend = eval_backend(backend, model)
-    if lm is None and not Path(model).exists():  # before lm-eval's slow imports
+    if lm is None and not is_url(model) and not Path(model).exists():  # before lm-eval's slow imports
         raise SlmkitError(f"{model}: model not found (an HF folder, slmkit checkpoint, .gguf file or ONNX folder)")
     os.environ.setdefault("HF_ALLOW_CODE_EVAL", "0")  # stock code_eval is never used: ours is sandboxed
     suite_obj = suite if isinstance(suite, Suite) else load_suite(suite)
     entries = select(suite_obj, tasks)
-    out = Path(out) if out else Path("runs") / f"{Path(str(model)).stem}-{backend}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem = "remote" if is_url(model) else Path(str(model)).stem
+    out = Path(out) if out else Path("runs") / f"{stem}-{backend}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     import datasets
 
     datasets.disable_progress_bars()  # lm-eval's own bars (requests, model calls) stay
     tm, objects, leaves = build_tasks(entries, data)
-    lm = lm or make_lm(backend, model, batch_size, threads)
+    lm = lm or make_lm(backend, model, batch_size, threads, tokenizer)
     t0 = time.time()
     res = lm_eval.simple_evaluate(
         model=lm, tasks=objects, task_manager=tm, limit=limit, log_samples=True, bootstrap_iters=1000,
