@@ -49,7 +49,8 @@ def one_thread():
 
 def pytest_collection_modifyitems(config, items):
     """`long` tests (many minutes each) run all with SLMKIT_LONG=1; with SLMKIT_LONG_SAMPLE=1 (CI) one of them
-    runs, chosen by the day (so every long check runs in CI within a few days); otherwise they are skipped."""
+    runs, chosen by the day (so every long check runs in CI within a few weeks, each a few minutes: split a longer
+    check into shards); otherwise they are skipped."""
     long_items = sorted((i for i in items if i.get_closest_marker("long")), key=lambda i: i.nodeid)
     if not long_items or os.environ.get("SLMKIT_LONG") == "1":
         return
