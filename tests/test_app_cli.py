@@ -43,7 +43,9 @@ def test_ui_process_serves_the_page_and_stops_on_ctrl_c(tiny_model_dir, tmp_path
     log = open(tmp_path / "ui.log", "w+")
     proc = subprocess.Popen([sys.executable, "-c", LAUNCH, "serve", "ui", str(tiny_model_dir), "--port", str(port),
                              "--threads", "1"], stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                            # a shell's background job ignores SIGINT and children inherit that: a terminal's Ctrl-C
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 180
         page = None

@@ -102,6 +102,20 @@ def _forgeries() -> dict[str, tuple[str, set[str]]]:
     }
 
 
+def _sandbox_fds() -> list[str]:
+    """This process's open pipes, pidfds and files under sandbox folders: what a run could leak. (Other fds come
+    and go with threads earlier tests left behind, e.g. a server's event loop, and are not the sandbox's.)"""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("pipe:") or target == "anon_inode:[pidfd]" or "slmkit-sbx" in target:
+            out.append(target)
+    return sorted(out)
+
+
 def _hostile_programs(canary: Path, outside: Path, in_repo: Path, tmp_escape: str, tcp_port: int,
                       udp_port: int, abstract_name: str = "x") -> dict[str, tuple[str, set[str]]]:
     """name -> (source, acceptable failure statuses). Each ends in a state that passes only on escape."""
@@ -250,7 +264,7 @@ def hostile(request, tmp_path_factory):
     programs = _hostile_programs(canary, outside, in_repo, tmp_escape, tcp.getsockname()[1], udp.getsockname()[1],
                                  abstract_name)
     sbx_dirs_before = set(Path(tempfile.gettempdir()).glob("slmkit-sbx-*"))
-    fds_before = len(os.listdir("/proc/self/fd"))
+    fds_before = _sandbox_fds()
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SLMKIT_SECRET", secret)
@@ -261,7 +275,7 @@ def hostile(request, tmp_path_factory):
         results = run_many([src for src, _ in programs.values()], workers=2, timeout=TIMEOUT, check=True, **LIMITS)
         elapsed = time.monotonic() - start
 
-    fds_after = len(os.listdir("/proc/self/fd"))
+    fds_after = _sandbox_fds()
     tcp.setblocking(False)
     udp.setblocking(False)
     accepted, received = [], []
