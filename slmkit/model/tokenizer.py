@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
+from slmkit.corpus.files import iter_file_texts
 from slmkit.errors import SlmkitError
 from slmkit.paths import atomic_write_json, atomic_write_text
 
@@ -148,28 +149,12 @@ def train_bpe_from_files(paths: list[str | Path], vocab_size: int, out_dir: str 
     for path in map(Path, paths):
         if not path.is_file():
             raise SlmkitError(f"{path}: training text file not found")
-        opener = gzip.open if path.suffix == ".gz" else open
-        is_jsonl = ".jsonl" in path.name
-        try:
-            with opener(path, "rb") as f:
-                for lineno, raw in enumerate(f, 1):
-                    try:
-                        line = raw.decode("utf-8")
-                    except UnicodeDecodeError:
-                        raise SlmkitError(f"{path}:{lineno}: not UTF-8 text") from None
-                    if is_jsonl:
-                        if not line.strip():
-                            continue
-                        try:
-                            line = json.loads(line)["text"]
-                        except (json.JSONDecodeError, KeyError, TypeError):
-                            raise SlmkitError(f"{path}:{lineno}: expected a JSON object with a 'text' field") from None
-                    budget -= len(line)
-                    texts.append(line)
-                    if budget <= 0:
-                        break
-        except (OSError, EOFError) as exc:  # e.g. a truncated .gz
-            raise SlmkitError(f"{path}: cannot read ({exc.__class__.__name__}: {exc})") from None
+        kind = "jsonl" if ".jsonl" in path.name else "text"
+        for line in iter_file_texts(path, kind, lines=True):
+            budget -= len(line)
+            texts.append(line)
+            if budget <= 0:
+                break
         if budget <= 0:
             break
     if not any(t.strip() for t in texts):

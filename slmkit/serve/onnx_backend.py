@@ -129,7 +129,7 @@ class OnnxRuntime(Runtime):
         return np.asarray(self.forward(token_ids)[0][0], dtype=np.float32)
 
     def generate_ids(self, prompt_ids: Sequence[int], params: SamplingParams) -> Iterator[int]:
-        ids = [int(t) for t in prompt_ids] or [self._start_id()]
+        ids = [int(t) for t in prompt_ids] or [self.start_id()]
         budget = params.max_new_tokens
         if self.max_seq_len:
             budget = min(budget, self.max_seq_len - len(ids))
@@ -147,7 +147,7 @@ class OnnxRuntime(Runtime):
 
     def loglikelihood(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[tuple[float, bool]]:
         """Each distinct context runs once; its continuations run batched on top of its KV."""
-        results, groups = group_by_context(requests, self._start_id())
+        results, groups = group_by_context(requests, self.start_id())
         for ctx, idxs in groups.items():
             logits, past = self.forward(ctx)
             last = logits[0, -1:]
@@ -171,13 +171,6 @@ class OnnxRuntime(Runtime):
         batch_past = [np.ascontiguousarray(np.broadcast_to(p, (B,) + p.shape[1:])) for p in past]
         out, _ = self.run(ids, batch_past)
         return [np.concatenate([last, out[b, :len(c) - 1]], 0) for b, c in enumerate(conts)]
-
-    def _start_id(self) -> int:
-        tok = self.tokenizer
-        for t in (getattr(tok, "bos_token_id", None), getattr(tok, "eos_token_id", None)):
-            if t is not None:
-                return int(t)
-        return 0
 
     def close(self) -> None:
         self.session = None

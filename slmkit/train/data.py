@@ -13,7 +13,6 @@ reads only its own rows.
 from __future__ import annotations
 
 import glob
-import gzip
 import hashlib
 import io
 import json
@@ -23,6 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
+from slmkit.corpus.files import iter_file_texts
 from slmkit.errors import SlmkitError
 from slmkit.paths import atomic_write_bytes, atomic_write_json, read_json, sha256_file
 
@@ -70,37 +70,11 @@ def iter_documents(name: str, spec: dict, base: Path | None = None) -> Iterator[
     field = spec.get("text_field", "text")
     count = 0
     for path in files:
-        opener = gzip.open if path.suffix == ".gz" else open
-        if kind == "text":
-            with opener(path, "rb") as f:
-                raw = f.read()
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                line_no = raw[:exc.start].count(b"\n") + 1
-                raise SlmkitError(f"{path}:{line_no}: not UTF-8 text") from None
+        for text in iter_file_texts(path, "text" if kind == "text" else "jsonl", field):
+            yield text
             count += 1
             if limit and count >= limit:
                 return
-            continue
-        with opener(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise SlmkitError(f"{path}:{lineno}: not UTF-8 text") from None
-                if not line.strip():
-                    continue
-                try:
-                    text = json.loads(line)[field]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise SlmkitError(f"{path}:{lineno}: expected a JSON object with a '{field}' field") from None
-                if not isinstance(text, str):
-                    raise SlmkitError(f"{path}:{lineno}: field '{field}' must be a string")
-                yield text
-                count += 1
-                if limit and count >= limit:
-                    return
 
 
 # ---------------------------------------------------------------- writing shards
