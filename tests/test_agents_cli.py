@@ -71,7 +71,10 @@ def test_run_writes_files_and_resume_after_kill_matches_one_run(tiny_model, tmp_
     with open(killed / "trajectories.jsonl", "a") as f:
         f.write('{"task_id": "fever-dev-99", "torn')  # a write cut off by the kill
     again = run_agent("fever", tiny_model, killed, limit=3, sampling=Sampling(max_new_tokens=12), progress=False)
-    assert again["timing"]["sessions"][-1]["episodes"] == 1  # only the unfinished episode ran
+    sessions = again["timing"]["sessions"]
+    assert [x["episodes"] for x in sessions] == [2, 1]  # only the unfinished episode ran; the killed session's time counts
+    assert again["timing"]["wall_seconds"] == pytest.approx(sum(x["seconds"] for x in sessions), abs=0.02)
+    assert sessions[0]["seconds"] > 0
     assert _strip(again)["scores"] == _strip(res)["scores"] and _strip(again)["stats"] == _strip(res)["stats"]
     assert _episodes(killed) == _episodes(whole)
     # a finished run reruns without a model call; a different config is refused

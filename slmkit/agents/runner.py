@@ -165,6 +165,7 @@ def run_agent(benchmark: str, model: str | Path | None, out_dir: str | Path, *, 
             llm, backend_name = load_llm(model_path, backend, threads, naive, parallel, prefix_cache_mb)
         bar = _progress(len(tasks), len(tasks) - len(todo), benchmark, progress)
         done_steps = [0]
+        log = _RunLog(out, backend_name)
 
         def saved(index: int, record: dict) -> None:
             loads.append(os.getloadavg()[0])
@@ -172,6 +173,7 @@ def run_agent(benchmark: str, model: str | Path | None, out_dir: str | Path, *, 
             record["task"] = todo[index].data
             store.append(record)
             done_steps[0] += record.get("n_steps", 0)
+            log.update(len(loads) - 1, time.perf_counter() - t0, sum(loads) / len(loads))  # a killed session keeps its time
             if bar is not None:
                 key = PRIMARY_METRIC.get(benchmark)
                 scores = [r["metrics"].get(key, 0.0) for r in store.records.values() if key]
@@ -188,8 +190,10 @@ def run_agent(benchmark: str, model: str | Path | None, out_dir: str | Path, *, 
             if bar is not None:
                 bar.close()
     wall = time.perf_counter() - t0
-    engine = _engine_summary(llm) if todo else {}
-    runs = _append_run_log(out, len(todo), wall, backend_name, engine, sum(loads) / len(loads))
+    if todo:
+        runs = log.update(len(todo), wall, sum(loads) / len(loads), _engine_summary(llm))
+    else:
+        runs = read_json(out / "runs.json") if (out / "runs.json").exists() else []
     records = [store.records[t.id] for t in tasks]
     results = summarize(benchmark, env, records, config, runs)
     atomic_write_json(out / "results.json", results)
@@ -219,16 +223,22 @@ def _engine_summary(llm) -> dict:
             "mean_rows_per_step": stats.get("mean_rows_per_step"), "prefix_cache_evicted": cache.get("evicted_blocks", cache.get("evicted"))}
 
 
-def _append_run_log(out: Path, episodes: int, seconds: float, backend, engine: dict | None = None,
-                    load: float = 0.0) -> list[dict]:
-    path = out / "runs.json"
-    runs = read_json(path) if path.exists() else []
-    if episodes:
-        runs.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "episodes": episodes,
-                     "seconds": round(seconds, 2), "backend": backend, "mean_load_average": round(load, 2),
-                     **({"engine": engine} if engine else {})})
-        atomic_write_json(path, runs)
-    return runs
+class _RunLog:
+    """This session's entry in runs.json, rewritten as episodes end (so a killed session's episodes and time
+    still count in the resumed run's timing) and completed with the engine's counters at the end."""
+
+    def __init__(self, out: Path, backend) -> None:
+        self.path = out / "runs.json"
+        self.previous = read_json(self.path) if self.path.exists() else []
+        self.entry = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "episodes": 0, "seconds": 0.0, "backend": backend}
+
+    def update(self, episodes: int, seconds: float, load: float, engine: dict | None = None) -> list[dict]:
+        self.entry.update(episodes=episodes, seconds=round(seconds, 2), mean_load_average=round(load, 2))
+        if engine:
+            self.entry["engine"] = engine
+        runs = self.previous + ([self.entry] if self.entry["episodes"] else [])
+        atomic_write_json(self.path, runs)
+        return runs
 
 
 def summarize(benchmark: str, env, records: list[dict], config: dict, runs: list[dict]) -> dict:
