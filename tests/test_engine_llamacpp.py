@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("llama_cpp")
-pytest.importorskip("gguf")
+import llama_cpp  # noqa: E402,F401  (a core dependency: missing fails, not skips)
+import gguf  # noqa: E402,F401  (a core dependency: missing fails, not skips)
 
 from test_engine import alone, random_workload, submit_all  # noqa: E402
 

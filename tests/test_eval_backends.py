@@ -89,8 +89,6 @@ def test_native_matches_stock_lm_eval_hf(tiny_hf, instances, native_scores):
 
 @pytest.mark.slow
 def test_gguf_f32_and_onnx_fp32_agree_with_hf(tiny_hf, instances, native_scores, tmp_path, tiny_tokenizer_dir):
-    pytest.importorskip("llama_cpp")
-    pytest.importorskip("onnxruntime")
     from slmkit.evaluate.lm import LlamaCppLM, OnnxRuntimeLM
     from slmkit.export.gguf import write_gguf
     from slmkit.export.onnx import export_onnx
@@ -109,7 +107,6 @@ def test_gguf_f32_and_onnx_fp32_agree_with_hf(tiny_hf, instances, native_scores,
 def test_generate_until_same_text_on_every_backend(tiny_hf, tmp_path, tiny_tokenizer_dir):
     """Greedy generation: our batched hf and gguf-f32 (default batch and one at a time) and stock lm-eval hf
     return the same text for the same requests, including prompts that share a long few-shot prefix."""
-    pytest.importorskip("llama_cpp")
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 

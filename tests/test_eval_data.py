@@ -155,7 +155,6 @@ def test_suite_is_the_published_13(data_dir):
 
 
 def test_sandboxed_pass_at_1():
-    pytest.importorskip("slmkit.sandbox")
     from slmkit.evaluate.code_metric import pass_at_1
 
     test = "def check(f):\n    assert f(2, 3) == 5\ncheck(add)"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("llama_cpp")
-pytest.importorskip("gguf")
+import llama_cpp  # noqa: E402,F401  (a core dependency: missing fails, not skips)
+import gguf  # noqa: E402,F401  (a core dependency: missing fails, not skips)
 
 from slmkit.corpus.synthetic import training_texts  # noqa: E402
 from slmkit.errors import SlmkitError  # noqa: E402

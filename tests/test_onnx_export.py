@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
+import onnxruntime  # noqa: E402,F401  (a core dependency: missing fails, not skips)
+import onnx  # noqa: E402,F401  (a core dependency: missing fails, not skips)
 
 from slmkit.errors import SlmkitError  # noqa: E402
 from slmkit.export.onnx import export_graph, export_onnx  # noqa: E402
