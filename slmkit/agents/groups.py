@@ -40,7 +40,8 @@ def group_table(groups: dict[str, dict], metric: str, key: str = "type") -> list
     cells = []
     for row in groups.values():
         value = row.get(metric, 0.0)
-        hits = value * row["episodes"] / 100
-        count = f" ({round(hits)}/{row['episodes']})" if abs(hits - round(hits)) < 1e-6 else f" (n={row['episodes']})"
+        hits = value * row["episodes"] / 100  # value is rounded to 2 decimals: a whole count is within that
+        whole = abs(hits - round(hits)) <= 0.005 * row["episodes"] / 100 + 1e-9
+        count = f" ({round(hits)}/{row['episodes']})" if whole else f" (n={row['episodes']})"
         cells.append(f"{value:.2f}{count}")
     return [head, sep, f"| {metric} | " + " | ".join(cells) + " |"]
