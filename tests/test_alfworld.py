@@ -280,19 +280,25 @@ def test_planner_wins_sampled_games_of_every_type(ood, indist):
     assert all(v["success"] == 100.0 for v in per_type(records).values())
 
 
-SHARD = 20  # games per long-marked shard: a few minutes each, so CI's daily long sample stays short
+SHARD = 20  # games per shard
+# Not in CI's daily sample: TextWorld's Fast Downward planning takes from seconds to over 15 minutes per game
+# (valid_unseen #54: 1,120 s on a loaded machine), so a shard's time cannot be bounded. SLMKIT_LONG=1 runs them;
+# `python -m slmkit.agents.alfworld.baselines` plays the same games into docs/results/alfworld-oracle.md.
+FULL_SPLIT = pytest.mark.long(sampled=False)
 
 
-@pytest.mark.long
+@FULL_SPLIT
+@pytest.mark.timeout(7200)
 @pytest.mark.parametrize("shard", range(0, 134, SHARD))
 def test_planner_wins_every_out_of_distribution_game(ood, shard):
-    """All 134 games, in shards of SHARD (CI's daily long sample plays one shard; SLMKIT_LONG=1 all)."""
+    """All 134 games, in shards of SHARD."""
     tasks = ood[0].tasks()
     assert len(tasks) == 134
     assert len(_planner_wins(ood[0], tasks[shard:shard + SHARD])) == len(tasks[shard:shard + SHARD])
 
 
-@pytest.mark.long
+@FULL_SPLIT
+@pytest.mark.timeout(7200)
 @pytest.mark.parametrize("shard", range(0, 140, SHARD))
 def test_planner_wins_every_in_distribution_game(indist, shard):
     tasks = indist[0].tasks()
