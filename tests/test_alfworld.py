@@ -289,21 +289,14 @@ FULL_SPLIT = pytest.mark.long(sampled=False)
 
 @FULL_SPLIT
 @pytest.mark.timeout(7200)
-@pytest.mark.parametrize("shard", range(0, 134, SHARD))
-def test_planner_wins_every_out_of_distribution_game(ood, shard):
-    """All 134 games, in shards of SHARD."""
-    tasks = ood[0].tasks()
-    assert len(tasks) == 134
-    assert len(_planner_wins(ood[0], tasks[shard:shard + SHARD])) == len(tasks[shard:shard + SHARD])
-
-
-@FULL_SPLIT
-@pytest.mark.timeout(7200)
-@pytest.mark.parametrize("shard", range(0, 140, SHARD))
-def test_planner_wins_every_in_distribution_game(indist, shard):
-    tasks = indist[0].tasks()
-    assert len(tasks) == 140
-    assert len(_planner_wins(indist[0], tasks[shard:shard + SHARD])) == len(tasks[shard:shard + SHARD])
+@pytest.mark.parametrize("split,games,shard", [("ood", 134, i) for i in range(0, 134, SHARD)] +
+                         [("indist", 140, i) for i in range(0, 140, SHARD)])
+def test_planner_wins_every_game_of_both_splits(request, split, games, shard):
+    """All 134 out-of-distribution and 140 in-distribution games, in shards of SHARD."""
+    env = request.getfixturevalue(split)[0]
+    tasks = env.tasks()
+    assert len(tasks) == games
+    assert len(_planner_wins(env, tasks[shard:shard + SHARD])) == len(tasks[shard:shard + SHARD])
 
 
 def test_random_policy_is_seeded_and_plays_admissible_commands(ood):
