@@ -52,6 +52,7 @@ def test_run_writes_files_and_resume_after_kill_matches_one_run(tiny_model, tmp_
     assert any(r["model"] == "Xmodel-2-1.2B" and r["fever"] == 40.0 for r in res["published"])
     md = (whole / "report.md").read_text()
     assert "Not comparable" in md and "Xmodel-2-1.2B | 40.00" in md
+    assert "(torch, closed-book)" in md  # the backend detected from the artifact, not "auto"
     assert (whole / "report.html").read_text().startswith("<!doctype html>") and (whole / "scores.png").stat().st_size > 1000
 
     killed = tmp_path / "killed"

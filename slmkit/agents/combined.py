@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from slmkit.agents.groups import group_table
-from slmkit.agents.report import LABELS
+from slmkit.agents.report import LABELS, run_backend
 from slmkit.agents.runner import published_rows
 from slmkit.errors import SlmkitError
 from slmkit.paths import read_json
@@ -39,9 +39,7 @@ def model_label(res: dict) -> str:
     its name) and the backend the run used."""
     path = Path(str(res["config"]["model"]))
     name = f"{path.parent.name}/{path.name}" if path.name == "hf" else path.name
-    sessions = res.get("timing", {}).get("sessions") or [{}]
-    backend = res["config"].get("backend") or sessions[-1].get("backend") or "auto"
-    return f"{name} ({backend})"
+    return f"{name} ({run_backend(res)})"
 
 
 def combined_rows(results: list[dict]) -> tuple[list[list[str]], list[str]]:

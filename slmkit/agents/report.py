@@ -13,7 +13,13 @@ LABELS = {"hotpotqa": "HotpotQA EM", "fever": "FEVER EM", "alfworld": "ALFWorld 
 
 def _ours_label(results: dict) -> str:
     cfg = results["config"]
-    return f"ours: {Path(str(cfg['model'])).name} ({cfg.get('backend') or 'auto'}, {results['mode']})"
+    return f"ours: {Path(str(cfg['model'])).name} ({run_backend(results)}, {results['mode']})"
+
+
+def run_backend(results: dict) -> str:
+    """The backend the run asked for, else the one its last session ran on (detected from the artifact)."""
+    sessions = (results.get("timing") or {}).get("sessions") or [{}]
+    return results["config"].get("backend") or sessions[-1].get("backend") or "auto"
 
 
 def score_table(results: dict) -> list[list[str]]:
