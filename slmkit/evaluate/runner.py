@@ -29,10 +29,6 @@ def eval_backend(name: str | None, model: str) -> str:
     return canonical(name, BACKENDS) if name else detect(model)
 
 
-def is_url(model) -> bool:
-    return str(model).startswith(("http://", "https://"))
-
-
 def make_lm(backend: str, model: str, batch_size: int | None = None, threads: int | None = None,
             tokenizer: str | None = None):
     """An lm-eval LM for `backend`: our torch / llama.cpp / onnxruntime runtimes, a served model (remote: an
@@ -101,12 +97,12 @@ def run_eval(model: str, suite: str | Suite = "xmodel13", tasks: str | list[str]
     from slmkit.evaluate.tasks import finalize_records
 
     backend = eval_backend(backend, model)
-    if lm is None and not is_url(model) and not Path(model).exists():  # before lm-eval's slow imports
+    if lm is None and detect(model) != "remote" and not Path(model).exists():  # before lm-eval's slow imports
         raise SlmkitError(f"{model}: model not found (an HF folder, slmkit checkpoint, .gguf file or ONNX folder)")
     os.environ.setdefault("HF_ALLOW_CODE_EVAL", "0")  # stock code_eval is never used: ours is sandboxed
     suite_obj = suite if isinstance(suite, Suite) else load_suite(suite)
     entries = select(suite_obj, tasks)
-    stem = "remote" if is_url(model) else Path(str(model)).stem
+    stem = "remote" if detect(model) == "remote" else Path(str(model)).stem
     out = Path(out) if out else Path("runs") / f"{stem}-{backend}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     import datasets

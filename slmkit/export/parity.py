@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from slmkit.errors import SlmkitError
-from slmkit.model.checkpoint import GATE_TEXT_FILE
+from slmkit.model.checkpoint import GATE_TEXT_FILE, read_gate_text
 from slmkit.paths import atomic_write_json
 
 UNQUANTIZED_BOUNDS: dict[str, float] = {"max_rel_err": 1e-4}
@@ -279,19 +279,6 @@ def gate_text_file(model_path: str | Path | None) -> Path | None:
     path = Path(model_path)
     candidate = path / GATE_TEXT_FILE if path.is_dir() else path.with_name(GATE_TEXT_FILE)
     return candidate if candidate.is_file() else None
-
-
-def read_gate_text(path: str | Path) -> str:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SlmkitError(f"{path}: gate text file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SlmkitError(f"{path}: cannot read gate text ({exc.__class__.__name__}; UTF-8 text expected)") from None
-    if not text.strip():
-        raise SlmkitError(f"{path}: gate text file is empty")
-    return text
 
 
 def text_token_batches(tokenizer, text: str, vocab_size: int | None, seq_len: int = GATE_SEQ_LEN,

@@ -28,6 +28,20 @@ WEIGHTS_FILE = "model.safetensors"
 GATE_TEXT_FILE = "gate_text.txt"  # text in the model's domain its exports' parity gates run on (slmkit.train.gate_text)
 
 
+def read_gate_text(path: str | Path) -> str:
+    """A gate text file's content (export gates and the trainer's checkpoint.gate_text); one-line errors."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SlmkitError(f"{path}: gate text file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SlmkitError(f"{path}: cannot read gate text ({exc.__class__.__name__}; UTF-8 text expected)") from None
+    if not text.strip():
+        raise SlmkitError(f"{path}: gate text file is empty")
+    return text
+
+
 def is_checkpoint(path: str | Path) -> bool:
     return (Path(path) / META_FILE).exists()
 

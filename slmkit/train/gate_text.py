@@ -9,9 +9,8 @@ tokens of each prepared source (in-domain, but seen in training: the data pipeli
 
 from __future__ import annotations
 
-from pathlib import Path
+from slmkit.model.checkpoint import read_gate_text
 
-from slmkit.errors import SlmkitError
 
 GATE_TOKENS = 8 * 64  # what the parity gate reads: 8 windows of 64 tokens (slmkit.export.parity)
 
@@ -20,14 +19,7 @@ def choose_gate_text(cfg: dict, sources: dict, tokenizer) -> tuple[str, str] | N
     """(text, where it came from), or None without a tokenizer."""
     given = (cfg.get("checkpoint") or {}).get("gate_text")
     if given:
-        path = Path(given)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SlmkitError(f"config: field 'checkpoint.gate_text'={given!r}: cannot read it ({exc.__class__.__name__})") from None
-        if not text.strip():
-            raise SlmkitError(f"config: field 'checkpoint.gate_text'={given!r}: the file is empty")
-        return text, f"checkpoint.gate_text {path}"
+        return read_gate_text(given), f"checkpoint.gate_text {given}"
     if tokenizer is None:
         return None
     specs = (cfg.get("data") or {}).get("sources") or {}
